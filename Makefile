@@ -1,0 +1,28 @@
+# The front door: `make demo` trains a ViT in JAX on the embedded digits; `make test` runs the
+# parity suite. Both create .venv and install .[dev] on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/train.py --out runs/demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest parity_tests -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check vitjax vittorch parity_tests scripts
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
