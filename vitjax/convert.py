@@ -92,8 +92,9 @@ def _check(
     lines = [f"{what} does not fit the model:"]
     lines += [f"  missing key {k}: expected shape {tuple(want[k])}" for k in missing]
     lines += [f"  unexpected key {k}: shape {tuple(got[k])}" for k in unexpected]
-    lines += [f"  wrong shape for {k}: expected {tuple(want[k])}, found {tuple(got[k])}"
-              for k in wrong]
+    lines += [
+        f"  wrong shape for {k}: expected {tuple(want[k])}, found {tuple(got[k])}" for k in wrong
+    ]
     raise WeightMismatchError("\n".join(lines))
 
 
@@ -126,8 +127,11 @@ def check_state_dict(
     state_dict: Mapping[str, Any], expected: Mapping[str, Any], what: str = "state_dict"
 ) -> None:
     """Raise WeightMismatchError naming every key/shape of state_dict that differs from expected."""
-    _check({k: tuple(np.shape(v)) for k, v in state_dict.items()},
-           {k: tuple(np.shape(v)) for k, v in expected.items()}, what)
+    _check(
+        {k: tuple(np.shape(v)) for k, v in state_dict.items()},
+        {k: tuple(np.shape(v)) for k, v in expected.items()},
+        what,
+    )
 
 
 # --- The tutorial notebook's own layout -------------------------------------------------------
@@ -149,7 +153,9 @@ _NOTEBOOK_QKV = re.compile(r"encoder\.(\d+)\.msa\.w_([qkv])\.(weight|bias)$")
 
 def is_notebook_layout(state_dict: Mapping[str, Any]) -> bool:
     """True for a state_dict saved from the tutorial notebook's ViT class."""
-    return "input_layer.cls_token" in state_dict and any(k.startswith("encoder.") for k in state_dict)
+    return "input_layer.cls_token" in state_dict and any(
+        k.startswith("encoder.") for k in state_dict
+    )
 
 
 def notebook_to_timm(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Read and write weight files without executing code: safetensors, .pth/.bin (safe), save_pretrained dirs.
+"""Read and write weight files without running code: safetensors, safe .pth/.bin, npz, dirs.
 
 Everything returns timm-key state_dicts of numpy arrays; torch is imported only to read .pth/.bin.
 """
@@ -58,7 +58,7 @@ def load_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _unwrap(obj: Any, path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Take the state_dict out of {'state_dict': ...}/{'model': ...} containers; tensors to numpy."""
+    """The state_dict inside {'state_dict': ...} / {'model': ...} containers, as numpy."""
     while isinstance(obj, Mapping):
         inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:

@@ -48,7 +48,9 @@ def variables_from_state_dict(
     return {"params": jax.tree_util.tree_map(jnp.asarray, params)}
 
 
-def to_timm_state_dict(model: VisionTransformer, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def to_timm_state_dict(
+    model: VisionTransformer, variables: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
     """timm-key state_dict (numpy) that loads into timm.create_model(name) with strict=True."""
     del model  # the tree alone determines the keys; kept for API symmetry
     return convert.flax_to_torch(jax.device_get(variables["params"]))
@@ -57,7 +59,7 @@ def to_timm_state_dict(model: VisionTransformer, variables: Mapping[str, Any]) -
 def _adapt_head(
     state_dict: dict[str, np.ndarray], model: VisionTransformer, seed: int
 ) -> dict[str, np.ndarray]:
-    """Replace the checkpoint's classifier by a fresh one when num_classes was changed on purpose."""
+    """Swap the checkpoint's classifier for a fresh one when num_classes was changed on purpose."""
     want = convert.flax_to_torch(jax.tree_util.tree_map(np.zeros_like, param_shapes(model)))
     if all(state_dict.get(k, np.empty(0)).shape == want[k].shape for k in _HEAD_KEYS if k in want):
         return state_dict
@@ -102,7 +104,9 @@ def create_model(
         model = VisionTransformer(get_config(name, **overrides), dtype=dtype)
         return model, init_variables(model, seed)
     sd = io.load_state_dict(checkpoint_path)
-    notebook = convert.notebook_overrides(sd, get_config(name)) if convert.is_notebook_layout(sd) else {}
+    notebook = (
+        convert.notebook_overrides(sd, get_config(name)) if convert.is_notebook_layout(sd) else {}
+    )
     model = VisionTransformer(get_config(name, **{**notebook, **overrides}), dtype=dtype)
     variables = load_checkpoint(
         model, sd, new_head="num_classes" in overrides, seed=seed, what=str(checkpoint_path)

@@ -65,8 +65,14 @@ class PatchEmbed(nn.Module):
     def setup(self) -> None:
         cfg = self.cfg
         patch = to_2tuple(cfg.patch_size)
-        self.proj = nn.Conv(cfg.embed_dim, patch, strides=patch, padding="VALID",
-                            use_bias=not cfg.pre_norm, dtype=self.dtype)
+        self.proj = nn.Conv(
+            cfg.embed_dim,
+            patch,
+            strides=patch,
+            padding="VALID",
+            use_bias=not cfg.pre_norm,
+            dtype=self.dtype,
+        )
         self.norm = make_norm(cfg, self.dtype) if cfg.embed_norm else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -94,7 +100,9 @@ class Attention(nn.Module):
     def setup(self) -> None:
         cfg = self.cfg
         dim = cfg.embed_dim
-        self.qkv = nn.Dense(dim * 3, use_bias=cfg.qkv_bias, kernel_init=dense_init, dtype=self.dtype)
+        self.qkv = nn.Dense(
+            dim * 3, use_bias=cfg.qkv_bias, kernel_init=dense_init, dtype=self.dtype
+        )
         self.q_norm = make_norm(cfg, self.dtype) if cfg.qk_norm else None
         self.k_norm = make_norm(cfg, self.dtype) if cfg.qk_norm else None
         self.attn_drop = nn.Dropout(cfg.attn_drop_rate)
@@ -127,12 +135,14 @@ class Mlp(nn.Module):
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.fc1 = nn.Dense(self.hidden, use_bias=cfg.proj_bias, kernel_init=dense_init,
-                            dtype=self.dtype)
+        self.fc1 = nn.Dense(
+            self.hidden, use_bias=cfg.proj_bias, kernel_init=dense_init, dtype=self.dtype
+        )
         self.act = make_act(cfg.act_layer)
         self.drop1 = nn.Dropout(cfg.proj_drop_rate)
-        self.fc2 = nn.Dense(cfg.embed_dim, use_bias=cfg.proj_bias, kernel_init=dense_init,
-                            dtype=self.dtype)
+        self.fc2 = nn.Dense(
+            cfg.embed_dim, use_bias=cfg.proj_bias, kernel_init=dense_init, dtype=self.dtype
+        )
         self.drop2 = nn.Dropout(cfg.proj_drop_rate)
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -161,7 +171,9 @@ class DropPath(nn.Module):
         if not train or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        mask = jax.random.bernoulli(
+            self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1)
+        )
         return x * mask.astype(x.dtype) / keep
 
 
@@ -254,8 +266,11 @@ class VisionTransformer(nn.Module):
         B, C = x.shape[0], x.shape[-1]
         names = ("cls_token", "dist_token", "reg_token")
         used = (cfg.class_token, cfg.distilled, cfg.reg_tokens > 0)
-        prefix = [jnp.broadcast_to(getattr(self, n).astype(x.dtype), (B, getattr(self, n).shape[1], C))
-                  for n, u in zip(names, used) if u]
+        prefix = [
+            jnp.broadcast_to(getattr(self, n).astype(x.dtype), (B, getattr(self, n).shape[1], C))
+            for n, u in zip(names, used, strict=True)
+            if u
+        ]
         pos_embed = self.pos_embed.astype(x.dtype) if cfg.has_pos_embed else None
         if cfg.dynamic_img_size:
             _, gh, gw, _ = x.shape
@@ -282,7 +297,7 @@ class VisionTransformer(nn.Module):
 
     def pool(self, x: jax.Array, train: bool = False) -> jax.Array:
         cfg = self.cfg
-        patches = x if cfg.pool_include_prefix else x[:, cfg.num_prefix_tokens:]
+        patches = x if cfg.pool_include_prefix else x[:, cfg.num_prefix_tokens :]
         if self.attn_pool is not None:
             return self.attn_pool(patches, train)
         if cfg.global_pool == "token":
@@ -295,7 +310,9 @@ class VisionTransformer(nn.Module):
             return patches.max(axis=1)
         return 0.5 * (patches.max(axis=1) + patches.mean(axis=1))  # avgmax
 
-    def forward_head(self, x: jax.Array, pre_logits: bool = False, train: bool = False) -> jax.Array:
+    def forward_head(
+        self, x: jax.Array, pre_logits: bool = False, train: bool = False
+    ) -> jax.Array:
         cfg = self.cfg
         if cfg.distilled:
             x, x_dist = (self.head_drop(x[:, i], deterministic=not train) for i in (0, 1))

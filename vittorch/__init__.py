@@ -23,6 +23,17 @@ def create_model(name: str, **overrides: Any) -> VisionTransformer:
 
 
 __all__ = [
-    "VARIANTS", "Attention", "AttentionPoolLatent", "Block", "LayerScale", "Mlp", "PatchEmbed",
-    "ViTConfig", "VisionTransformer", "count_params", "create_model", "get_config", "list_models",
+    "VARIANTS",
+    "Attention",
+    "AttentionPoolLatent",
+    "Block",
+    "LayerScale",
+    "Mlp",
+    "PatchEmbed",
+    "ViTConfig",
+    "VisionTransformer",
+    "count_params",
+    "create_model",
+    "get_config",
+    "list_models",
 ]

@@ -27,8 +27,10 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
             continue
         skip = p.ndim <= 1 or name.endswith(".bias") or name in NO_WEIGHT_DECAY
         (no_decay if skip else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0},
-            {"params": decay, "weight_decay": weight_decay}]
+    return [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+    ]
 
 
 def freeze_backbone(model: nn.Module) -> None:
@@ -38,7 +40,11 @@ def freeze_backbone(model: nn.Module) -> None:
 
 
 def make_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
     nesterov: bool = False,
 ) -> torch.optim.Optimizer:
     """torch.optim Adam / AdamW (timm's decay groups) / SGD over the trainable parameters."""
@@ -48,8 +54,9 @@ def make_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(param_groups_weight_decay(model, weight_decay), lr=lr)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
-                               weight_decay=weight_decay)
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+        )
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -67,8 +74,9 @@ def train_one_epoch(
     losses, total_loss, correct, count = [], 0.0, 0, 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        with torch.autocast(torch.device(device).type, autocast_dtype,
-                            enabled=autocast_dtype is not None):
+        with torch.autocast(
+            torch.device(device).type, autocast_dtype, enabled=autocast_dtype is not None
+        ):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
         optimizer.zero_grad()
@@ -125,12 +133,20 @@ def fit(
         val = evaluate(model, val_loader, loss_fn, device) if val_loader is not None else {}
         if scheduler is not None:
             scheduler.step()
-        record = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"],
-                  "train_acc": train["acc"], "val_loss": val.get("loss", float("nan")),
-                  "val_acc": val.get("acc", float("nan")), "losses": train["losses"]}
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train["loss"],
+            "train_acc": train["acc"],
+            "val_loss": val.get("loss", float("nan")),
+            "val_acc": val.get("acc", float("nan")),
+            "losses": train["losses"],
+        }
         history.append(record)
         if verbose:
-            print(f"epoch {epoch + 1}: lr {lr:.3e} train loss {train['loss']:.4f} "
-                  f"acc {train['acc']:.4f} val loss {record['val_loss']:.4f} "
-                  f"acc {record['val_acc']:.4f}")
+            print(
+                f"epoch {epoch + 1}: lr {lr:.3e} train loss {train['loss']:.4f} "
+                f"acc {train['acc']:.4f} val loss {record['val_loss']:.4f} "
+                f"acc {record['val_acc']:.4f}"
+            )
     return history

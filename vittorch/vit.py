@@ -205,7 +205,9 @@ class AttentionPoolLatent(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         H, Dh = self.num_heads, self.head_dim
-        q = self.q(self.latent.expand(B, -1, -1)).reshape(B, 1, H, Dh).transpose(1, 2)  # (B, H, 1, Dh)
+        q = (
+            self.q(self.latent.expand(B, -1, -1)).reshape(B, 1, H, Dh).transpose(1, 2)
+        )  # (B, H, 1, Dh)
         kv = self.kv(x).reshape(B, N, 2, H, Dh).permute(2, 0, 3, 1, 4)  # (2, B, H, N, Dh)
         k, v = kv.unbind(0)
         x = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, Dh)
@@ -233,9 +235,13 @@ class VisionTransformer(nn.Module):
         self.global_pool = cfg.global_pool
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
-        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, dim)) if cfg.reg_tokens else None
+        self.reg_token = (
+            nn.Parameter(torch.zeros(1, cfg.reg_tokens, dim)) if cfg.reg_tokens else None
+        )
         self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.distilled else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.embed_len, dim)) if cfg.has_pos_embed else None
+        self.pos_embed = (
+            nn.Parameter(torch.zeros(1, cfg.embed_len, dim)) if cfg.has_pos_embed else None
+        )
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
         self.norm_pre = make_norm(cfg, dim) if cfg.pre_norm else nn.Identity()
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
@@ -246,7 +252,9 @@ class VisionTransformer(nn.Module):
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         if cfg.distilled:
-            self.head_dist = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+            self.head_dist = (
+                nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+            )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -263,8 +271,11 @@ class VisionTransformer(nn.Module):
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
-        prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token)
-                  if t is not None]
+        prefix = [
+            t.expand(B, -1, -1)
+            for t in (self.cls_token, self.dist_token, self.reg_token)
+            if t is not None
+        ]
         pos_embed = self.pos_embed
         if self.cfg.dynamic_img_size:
             _, gh, gw, C = x.shape
@@ -291,12 +302,14 @@ class VisionTransformer(nn.Module):
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.attn_pool is not None:
-            return self.attn_pool(x if self.cfg.pool_include_prefix else x[:, self.num_prefix_tokens:])
+            return self.attn_pool(
+                x if self.cfg.pool_include_prefix else x[:, self.num_prefix_tokens :]
+            )
         if self.global_pool == "token":
             return x[:, 0]
         if not self.global_pool:
             return x
-        x = x if self.cfg.pool_include_prefix else x[:, self.num_prefix_tokens:]
+        x = x if self.cfg.pool_include_prefix else x[:, self.num_prefix_tokens :]
         if self.global_pool == "avg":
             return x.mean(dim=1)
         if self.global_pool == "max":
@@ -319,4 +332,3 @@ class VisionTransformer(nn.Module):
 def count_params(module: nn.Module) -> int:
     """Number of parameters."""
     return sum(p.numel() for p in module.parameters())
-
