@@ -9,12 +9,21 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import math
 from dataclasses import dataclass
 from typing import Any
 
 GLOBAL_POOLS = ("", "token", "avg", "max", "avgmax", "map")
 ACT_LAYERS = ("gelu", "gelu_tanh", "quick_gelu")
 NORM_LAYERS = ("layernorm", "rmsnorm")
+
+
+def mlp_ratio_for(dim: int, hidden: int) -> float:
+    """The float ratio r closest to hidden / dim with int(dim * r) == hidden (timm's width rule)."""
+    r = hidden / dim
+    while int(dim * r) < hidden:
+        r = math.nextafter(r, math.inf)
+    return r
 
 
 def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -78,7 +87,9 @@ class ViTConfig:
         if self.distilled and (self.global_pool != "token" or self.reg_tokens):
             raise ValueError("distilled models need global_pool='token' and no reg_tokens")
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+            raise ValueError(
+                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}"
+            )
         for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
             if min(to_2tuple(getattr(self, name))) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be positive")
@@ -145,36 +156,228 @@ class ViTConfig:
         return cls(**d)
 
 
-def _vit(patch: int, dim: int, depth: int, heads: int, img: int = 224, **kw: Any) -> dict:
-    return dict(patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, img_size=img, **kw)
+# fmt: off
+# timm size words -> (embed_dim, depth, num_heads, MLP hidden width).
+_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (192, 12, 3, 768), "xsmall": (256, 10, 4, 1024), "wee": (256, 14, 4, 1280),
+    "little": (320, 14, 5, 1792), "small": (384, 12, 6, 1536), "medium": (512, 12, 8, 2048),
+    "mediumd": (512, 20, 8, 2048), "betwixt": (640, 12, 10, 2560), "base": (768, 12, 12, 3072),
+    "so150m2": (832, 21, 13, 2176), "base_plus": (896, 12, 14, 3584),
+    "so150m": (896, 18, 14, 2304), "large": (1024, 24, 16, 4096), "so400m": (1152, 27, 16, 4304),
+    "huge": (1280, 32, 16, 5120), "giant": (1408, 40, 16, 6144), "giantopt": (1536, 40, 16, 6144),
+    "gigantic": (1664, 48, 16, 8192),
+}
 
-
-_TI, _S, _B, _L = (192, 12, 3), (384, 12, 6), (768, 12, 12), (1024, 24, 16)
+# Option families, named after the timm models that share them.
+_CLIP = dict(pre_norm=True, norm_eps=1e-5)  # OpenAI / OpenCLIP image towers
+_QUICKGELU = dict(act_layer="quick_gelu")
+_GELU_TANH = dict(act_layer="gelu_tanh")
+_SIGLIP = dict(class_token=False, global_pool="map", num_classes=0)  # attention-pool (MAP) head
+_SIGLIP_GAP = dict(class_token=False, global_pool="avg", fc_norm=False, num_classes=0)
+_GAP = dict(class_token=False, global_pool="avg", fc_norm=False)
+_REG_GAP = dict(class_token=False, no_embed_class=True, global_pool="avg", init_values=1e-5)
+_SO150M2 = dict(class_token=False, global_pool="avg", qkv_bias=False, init_values=1e-5,
+                reg_tokens=1)
+_DEIT3 = dict(no_embed_class=True, init_values=1e-6)
+_DINOV2 = dict(init_values=1e-5, num_classes=0)
+_TIPSV2 = dict(init_values=1.0, no_embed_class=True, reg_tokens=1, num_classes=0)
+_RADIO = dict(no_embed_class=True, final_norm=False, num_classes=0)
 _TUTORIAL = dict(qkv_bias=False, norm_eps=1e-5, embed_dim=384, depth=7, num_heads=8, mlp_ratio=4.0)
 
-# timm model name -> ViTConfig kwargs (pretrained weights' num_classes where timm's default differs).
-VARIANTS: dict[str, dict[str, Any]] = {
+
+def _m(
+    name: str, size: str | tuple[int, int, int, int], patch: int, img: int, *families: dict,
+    **kw: Any,
+) -> tuple[str, dict[str, Any]]:
+    """One VARIANTS row: size word (or tuple), patch, image size, option families, extras."""
+    dim, depth, heads, hidden = _SIZES[size] if isinstance(size, str) else size
+    cfg = dict(img_size=img, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+               mlp_ratio=mlp_ratio_for(dim, hidden))
+    for family in families:
+        cfg.update(family)
+    return name, {**cfg, **kw}
+
+
+# timm model name -> ViTConfig kwargs; num_classes is that of timm's default pretrained weights.
+# Each row equals config_from_timm(timm.create_model(name)) (parity_tests/test_timm_variants.py).
+VARIANTS: dict[str, dict[str, Any]] = dict([
     # The tutorial notebook's architecture (qkv without bias, LayerNorm eps 1e-5).
-    "vit_tutorial_patch28_224": dict(_TUTORIAL, img_size=224, patch_size=28, num_classes=2),
-    "vit_tutorial_patch16_32": dict(_TUTORIAL, img_size=32, patch_size=16, num_classes=10),
-    "vit_tiny_patch16_224": _vit(16, *_TI),
-    "vit_tiny_patch16_384": _vit(16, *_TI, img=384),
-    "vit_small_patch32_224": _vit(32, *_S),
-    "vit_small_patch32_384": _vit(32, *_S, img=384),
-    "vit_small_patch16_224": _vit(16, *_S),
-    "vit_small_patch16_384": _vit(16, *_S, img=384),
-    "vit_small_patch8_224": _vit(8, *_S),
-    "vit_base_patch32_224": _vit(32, *_B),
-    "vit_base_patch32_384": _vit(32, *_B, img=384),
-    "vit_base_patch16_224": _vit(16, *_B),
-    "vit_base_patch16_384": _vit(16, *_B, img=384),
-    "vit_base_patch8_224": _vit(8, *_B),
-    "vit_large_patch32_224": _vit(32, *_L),
-    "vit_large_patch32_384": _vit(32, *_L, img=384),
-    "vit_large_patch16_224": _vit(16, *_L),
-    "vit_large_patch16_384": _vit(16, *_L, img=384),
-    "vit_large_patch14_224": _vit(14, *_L),
-}
+    ("vit_tutorial_patch28_224", dict(_TUTORIAL, img_size=224, patch_size=28, num_classes=2)),
+    ("vit_tutorial_patch16_32", dict(_TUTORIAL, img_size=32, patch_size=16, num_classes=10)),
+    # Original ViT / AugReg (Google), MIIL, SAM, DINO, ...
+    _m("vit_tiny_patch16_224", "tiny", 16, 224),
+    _m("vit_tiny_patch16_384", "tiny", 16, 384),
+    _m("vit_small_patch32_224", "small", 32, 224),
+    _m("vit_small_patch32_384", "small", 32, 384),
+    _m("vit_small_patch16_224", "small", 16, 224),
+    _m("vit_small_patch16_384", "small", 16, 384),
+    _m("vit_small_patch8_224", "small", 8, 224, num_classes=0),
+    _m("vit_small_patch16_36x1_224", (384, 36, 6, 1536), 16, 224, init_values=1e-5),
+    _m("vit_base_patch32_224", "base", 32, 224),
+    _m("vit_base_patch32_384", "base", 32, 384),
+    _m("vit_base_patch16_224", "base", 16, 224),
+    _m("vit_base_patch16_384", "base", 16, 384),
+    _m("vit_base_patch8_224", "base", 8, 224),
+    _m("vit_base_patch16_224_miil", "base", 16, 224, num_classes=11221, qkv_bias=False),
+    _m("vit_base_patch16_plus_240", "base_plus", 16, 240, init_values=1e-5),
+    _m("vit_base_patch32_plus_256", "base_plus", 32, 256, init_values=1e-5),
+    _m("vit_large_patch32_224", "large", 32, 224, num_classes=0),
+    _m("vit_large_patch32_384", "large", 32, 384),
+    _m("vit_large_patch16_224", "large", 16, 224),
+    _m("vit_large_patch16_384", "large", 16, 384),
+    _m("vit_large_patch14_224", "large", 14, 224),
+    _m("vit_huge_patch14_224", "huge", 14, 224, num_classes=0),
+    _m("vit_giant_patch14_224", "giant", 14, 224),
+    _m("vit_gigantic_patch14_224", "gigantic", 14, 224),
+    # DeiT, DeiT distilled (dist_token + head_dist), DeiT-3 (LayerScale, no_embed_class).
+    _m("deit_tiny_patch16_224", "tiny", 16, 224),
+    _m("deit_small_patch16_224", "small", 16, 224),
+    _m("deit_base_patch16_224", "base", 16, 224),
+    _m("deit_base_patch16_384", "base", 16, 384),
+    _m("deit_tiny_distilled_patch16_224", "tiny", 16, 224, distilled=True),
+    _m("deit_small_distilled_patch16_224", "small", 16, 224, distilled=True),
+    _m("deit_base_distilled_patch16_224", "base", 16, 224, distilled=True),
+    _m("deit_base_distilled_patch16_384", "base", 16, 384, distilled=True),
+    _m("deit3_small_patch16_224", "small", 16, 224, _DEIT3),
+    _m("deit3_small_patch16_384", "small", 16, 384, _DEIT3),
+    _m("deit3_medium_patch16_224", "medium", 16, 224, _DEIT3),
+    _m("deit3_base_patch16_224", "base", 16, 224, _DEIT3),
+    _m("deit3_base_patch16_384", "base", 16, 384, _DEIT3),
+    _m("deit3_large_patch16_224", "large", 16, 224, _DEIT3),
+    _m("deit3_large_patch16_384", "large", 16, 384, _DEIT3),
+    _m("deit3_huge_patch14_224", "huge", 14, 224, _DEIT3),
+    # CLIP image towers (OpenAI, LAION, DFN, MetaCLIP, ...): norm_pre, eps 1e-5, QuickGELU.
+    _m("vit_xsmall_patch16_clip_224", "xsmall", 16, 224, _CLIP, num_classes=512),
+    _m("vit_medium_patch32_clip_224", "medium", 32, 224, _CLIP, num_classes=512),
+    _m("vit_medium_patch16_clip_224", "medium", 16, 224, _CLIP, num_classes=512),
+    _m("vit_betwixt_patch32_clip_224", "betwixt", 32, 224, _CLIP, num_classes=512),
+    _m("vit_base_patch32_clip_224", "base", 32, 224, _CLIP),
+    _m("vit_base_patch32_clip_256", "base", 32, 256, _CLIP, num_classes=512),
+    _m("vit_base_patch32_clip_384", "base", 32, 384, _CLIP),
+    _m("vit_base_patch32_clip_448", "base", 32, 448, _CLIP),
+    _m("vit_base_patch16_clip_224", "base", 16, 224, _CLIP),
+    _m("vit_base_patch16_clip_384", "base", 16, 384, _CLIP),
+    _m("vit_base_patch16_plus_clip_240", "base_plus", 16, 240, _CLIP, num_classes=640),
+    _m("vit_large_patch14_clip_224", "large", 14, 224, _CLIP),
+    _m("vit_large_patch14_clip_336", "large", 14, 336, _CLIP),
+    _m("vit_huge_patch14_clip_224", "huge", 14, 224, _CLIP),
+    _m("vit_huge_patch14_clip_336", "huge", 14, 336, _CLIP),
+    _m("vit_huge_patch14_clip_378", "huge", 14, 378, _CLIP, num_classes=1024),
+    _m("vit_giant_patch14_clip_224", "giant", 14, 224, _CLIP, num_classes=1024),
+    _m("vit_gigantic_patch14_clip_224", "gigantic", 14, 224, _CLIP, num_classes=1280),
+    _m("vit_gigantic_patch14_clip_378", "gigantic", 14, 378, _CLIP, num_classes=1280),
+    _m("vit_base_patch32_clip_quickgelu_224", "base", 32, 224, _CLIP, _QUICKGELU, num_classes=512),
+    _m("vit_base_patch16_clip_quickgelu_224", "base", 16, 224, _CLIP, _QUICKGELU, num_classes=512),
+    _m("vit_large_patch14_clip_quickgelu_224", "large", 14, 224, _CLIP, _QUICKGELU,
+       num_classes=768),
+    _m("vit_large_patch14_clip_quickgelu_336", "large", 14, 336, _CLIP, _QUICKGELU,
+       num_classes=768),
+    _m("vit_huge_patch14_clip_quickgelu_224", "huge", 14, 224, _CLIP, _QUICKGELU, num_classes=1024),
+    _m("vit_huge_patch14_clip_quickgelu_378", "huge", 14, 378, _CLIP, _QUICKGELU, num_classes=1024),
+    _m("vit_gigantic_patch14_clip_quickgelu_224", "gigantic", 14, 224, _CLIP, _QUICKGELU,
+       num_classes=1280),
+    # SigLIP / SigLIP-2 image towers: no class token, MAP head ('map') or average pooling.
+    _m("vit_base_patch16_siglip_224", "base", 16, 224, _SIGLIP),
+    _m("vit_base_patch16_siglip_256", "base", 16, 256, _SIGLIP),
+    _m("vit_base_patch16_siglip_384", "base", 16, 384, _SIGLIP),
+    _m("vit_base_patch16_siglip_512", "base", 16, 512, _SIGLIP),
+    _m("vit_base_patch32_siglip_256", "base", 32, 256, _SIGLIP, _GELU_TANH),
+    _m("vit_large_patch16_siglip_256", "large", 16, 256, _SIGLIP),
+    _m("vit_large_patch16_siglip_384", "large", 16, 384, _SIGLIP),
+    _m("vit_large_patch16_siglip_512", "large", 16, 512, _SIGLIP, _GELU_TANH),
+    _m("vit_so400m_patch14_siglip_224", "so400m", 14, 224, _SIGLIP),
+    _m("vit_so400m_patch14_siglip_378", "so400m", 14, 378, _SIGLIP),
+    _m("vit_so400m_patch14_siglip_384", "so400m", 14, 384, _SIGLIP),
+    _m("vit_so400m_patch16_siglip_256", "so400m", 16, 256, _SIGLIP, _GELU_TANH),
+    _m("vit_so400m_patch16_siglip_384", "so400m", 16, 384, _SIGLIP, _GELU_TANH),
+    _m("vit_so400m_patch16_siglip_512", "so400m", 16, 512, _SIGLIP, _GELU_TANH),
+    _m("vit_giantopt_patch16_siglip_256", "giantopt", 16, 256, _SIGLIP, _GELU_TANH),
+    _m("vit_giantopt_patch16_siglip_384", "giantopt", 16, 384, _SIGLIP, _GELU_TANH),
+    _m("vit_base_patch16_siglip_gap_224", "base", 16, 224, _SIGLIP_GAP),
+    _m("vit_base_patch16_siglip_gap_256", "base", 16, 256, _SIGLIP_GAP),
+    _m("vit_base_patch16_siglip_gap_384", "base", 16, 384, _SIGLIP_GAP),
+    _m("vit_base_patch16_siglip_gap_512", "base", 16, 512, _SIGLIP_GAP),
+    _m("vit_base_patch32_siglip_gap_256", "base", 32, 256, _SIGLIP_GAP, _GELU_TANH),
+    _m("vit_large_patch16_siglip_gap_256", "large", 16, 256, _SIGLIP_GAP),
+    _m("vit_large_patch16_siglip_gap_384", "large", 16, 384, _SIGLIP_GAP),
+    _m("vit_large_patch16_siglip_gap_512", "large", 16, 512, _SIGLIP_GAP, _GELU_TANH),
+    _m("vit_so400m_patch14_siglip_gap_224", "so400m", 14, 224, _SIGLIP_GAP),
+    _m("vit_so400m_patch14_siglip_gap_378", "so400m", 14, 378, _SIGLIP_GAP),
+    _m("vit_so400m_patch14_siglip_gap_384", "so400m", 14, 384, _SIGLIP_GAP),
+    _m("vit_so400m_patch14_siglip_gap_448", "so400m", 14, 448, _SIGLIP_GAP),
+    _m("vit_so400m_patch14_siglip_gap_896", "so400m", 14, 896, _SIGLIP_GAP),
+    _m("vit_so400m_patch16_siglip_gap_256", "so400m", 16, 256, _SIGLIP_GAP, _GELU_TANH),
+    _m("vit_so400m_patch16_siglip_gap_384", "so400m", 16, 384, _SIGLIP_GAP, _GELU_TANH),
+    _m("vit_so400m_patch16_siglip_gap_512", "so400m", 16, 512, _SIGLIP_GAP, _GELU_TANH),
+    _m("vit_giantopt_patch16_siglip_gap_256", "giantopt", 16, 256, _SIGLIP_GAP, _GELU_TANH),
+    _m("vit_giantopt_patch16_siglip_gap_384", "giantopt", 16, 384, _SIGLIP_GAP, _GELU_TANH),
+    # Global-average-pool models (Big Vision / JAX and timm's own).
+    _m("vit_base_patch16_gap_224", (768, 12, 16, 3072), 16, 224, _GAP),
+    _m("vit_huge_patch14_gap_224", "huge", 14, 224, _SIGLIP_GAP),
+    _m("vit_huge_patch16_gap_448", "huge", 16, 448, _SIGLIP_GAP),
+    _m("vit_giant_patch16_gap_224", "giant", 16, 224, _SIGLIP_GAP),
+    _m("vit_medium_patch16_gap_240", "medium", 16, 240, _GAP, num_classes=11821, qkv_bias=False,
+       init_values=1e-6),
+    _m("vit_medium_patch16_gap_256", "medium", 16, 256, _GAP, qkv_bias=False, init_values=1e-6),
+    _m("vit_medium_patch16_gap_384", "medium", 16, 384, _GAP, qkv_bias=False, init_values=1e-6),
+    _m("vit_betwixt_patch16_gap_256", "betwixt", 16, 256, _GAP, qkv_bias=False, init_values=1e-6),
+    # Register tokens (order [cls, reg..., patches]) with average pooling.
+    _m("vit_wee_patch16_reg1_gap_256", "wee", 16, 256, _REG_GAP, reg_tokens=1),
+    _m("vit_little_patch16_reg1_gap_256", "little", 16, 256, _REG_GAP, reg_tokens=1),
+    _m("vit_little_patch16_reg4_gap_256", "little", 16, 256, _REG_GAP, reg_tokens=4),
+    _m("vit_medium_patch16_reg1_gap_256", "medium", 16, 256, _REG_GAP, reg_tokens=1),
+    _m("vit_medium_patch16_reg4_gap_256", "medium", 16, 256, _REG_GAP, reg_tokens=4),
+    _m("vit_mediumd_patch16_reg4_gap_256", "mediumd", 16, 256, _REG_GAP, reg_tokens=4),
+    _m("vit_mediumd_patch16_reg4_gap_384", "mediumd", 16, 384, _REG_GAP, reg_tokens=4),
+    _m("vit_betwixt_patch16_reg1_gap_256", "betwixt", 16, 256, _REG_GAP, reg_tokens=1),
+    _m("vit_betwixt_patch16_reg4_gap_256", "betwixt", 16, 256, _REG_GAP, reg_tokens=4),
+    _m("vit_betwixt_patch16_reg4_gap_384", "betwixt", 16, 384, _REG_GAP, reg_tokens=4),
+    _m("vit_base_patch16_reg4_gap_256", "base", 16, 256, _REG_GAP, reg_tokens=4, init_values=None),
+    _m("vit_so150m_patch16_reg4_gap_256", "so150m", 16, 256, _GAP, reg_tokens=4),
+    _m("vit_so150m_patch16_reg4_gap_384", "so150m", 16, 384, _GAP, reg_tokens=4),
+    _m("vit_so150m_patch16_reg4_map_256", "so150m", 16, 256, class_token=False, global_pool="map",
+       reg_tokens=4),
+    _m("vit_so150m2_patch16_reg1_gap_256", "so150m2", 16, 256, _SO150M2),
+    _m("vit_so150m2_patch16_reg1_gap_384", "so150m2", 16, 384, _SO150M2),
+    _m("vit_so150m2_patch16_reg1_gap_448", "so150m2", 16, 448, _SO150M2),
+    # DINOv2 (518 px, LayerScale; registers with no_embed_class) and TIPSv2.
+    _m("vit_small_patch14_dinov2", "small", 14, 518, _DINOV2),
+    _m("vit_base_patch14_dinov2", "base", 14, 518, _DINOV2),
+    _m("vit_large_patch14_dinov2", "large", 14, 518, _DINOV2),
+    _m("vit_small_patch14_reg4_dinov2", "small", 14, 518, _DINOV2, no_embed_class=True,
+       reg_tokens=4),
+    _m("vit_base_patch14_reg4_dinov2", "base", 14, 518, _DINOV2, no_embed_class=True, reg_tokens=4),
+    _m("vit_large_patch14_reg4_dinov2", "large", 14, 518, _DINOV2, no_embed_class=True,
+       reg_tokens=4),
+    _m("vit_base_patch14_reg1_tipsv2", "base", 14, 448, _TIPSV2),
+    _m("vit_large_patch14_reg1_tipsv2", "large", 14, 448, _TIPSV2),
+    _m("vit_so400m_patch14_reg1_tipsv2", "so400m", 14, 448, _TIPSV2),
+    # NVIDIA C-RADIO backbones (model only; RADIO-format checkpoints load through timm) and
+    # InternViT-300M.
+    _m("vit_base_patch16_radio_v3", "base", 16, 512, _RADIO, reg_tokens=7, init_values=1e-5),
+    _m("vit_large_patch16_radio_v3", "large", 16, 512, _RADIO, reg_tokens=7, init_values=1e-5),
+    _m("vit_huge_patch16_radio_v3", "huge", 16, 512, _RADIO, reg_tokens=7),
+    _m("vit_giant_patch16_radio_v3", (1536, 40, 24, 6144), 16, 512, _RADIO, reg_tokens=7),
+    _m("vit_so400m_patch16_radio_v4", "so400m", 16, 512, _RADIO, reg_tokens=9),
+    _m("vit_huge_patch16_radio_v4", "huge", 16, 512, _RADIO, reg_tokens=9),
+    _m("vit_intern300m_patch14_448", "large", 14, 448, num_classes=0, init_values=0.1,
+       final_norm=False, dynamic_img_size=True),
+    # timm's test models.
+    _m("test_vit", (64, 6, 2, 192), 16, 160, dynamic_img_size=True),
+    _m("test_vit2", (64, 8, 2, 192), 16, 160, class_token=False, reg_tokens=1, global_pool="avg",
+       init_values=1e-5, dynamic_img_size=True),
+    _m("test_vit3", (96, 9, 3, 192), 16, 160, class_token=False, reg_tokens=1, global_pool="map",
+       pool_include_prefix=True, init_values=1e-5),
+    _m("test_vit4", (96, 9, 3, 288), 16, 160, class_token=False, reg_tokens=1, global_pool="avg",
+       init_values=1e-5, dynamic_img_size=True, norm_layer="rmsnorm"),
+])
+# fmt: on
+
+
+def split_tag(name: str) -> tuple[str, str]:
+    """'vit_base_patch16_224.augreg_in1k' -> ('vit_base_patch16_224', 'augreg_in1k')."""
+    arch, _, tag = name.partition(".")
+    return arch, tag
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -183,7 +386,8 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def get_config(name: str, **overrides: Any) -> ViTConfig:
-    """ViTConfig for a model name with keyword overrides (num_classes=2, img_size=384, ...)."""
+    """ViTConfig for a model name (a timm '.tag' is ignored) with keyword overrides."""
+    name = split_tag(name)[0]
     if name not in VARIANTS:
         close = difflib.get_close_matches(name, VARIANTS, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""

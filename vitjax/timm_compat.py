@@ -1,14 +1,24 @@
-"""Read a ViTConfig off a live timm VisionTransformer; refuse, by name, what vitjax cannot mirror.
+"""timm compatibility: read a ViTConfig off a live timm model, and apply timm's checkpoint rules.
 
-Imports nothing from torch or timm at module level: the module handed in brings them.
+``config_from_timm`` refuses, by name, every timm part that vitjax does not mirror. The checkpoint
+half is pure numpy (plus jax for resampling): OpenAI-CLIP / DINOv2 / OpenCLIP layouts, DeiT-3 gamma
+renames and position-embedding resampling, as timm's ``checkpoint_filter_fn`` applies them.
+Imports nothing from torch or timm: a module handed in brings them.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from typing import Any
 
-from vitjax.configs import ViTConfig
+import numpy as np
+
+from vitjax.configs import ViTConfig, mlp_ratio_for, to_2tuple
+
+_LAYER_NORMS = ("LayerNorm",)
+_RMS_NORMS = ("RmsNorm",)
 
 
 class UnsupportedModelError(ValueError):
@@ -23,107 +33,371 @@ def _is_identity(m: Any) -> bool:
     return m is None or _cls(m) == "Identity"
 
 
-def _act_name(act: Any) -> str:
-    name = _cls(act)
-    if name == "GELU":
-        return "gelu_tanh" if getattr(act, "approximate", "none") == "tanh" else "gelu"
-    table = {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}
-    if name not in table:
-        raise UnsupportedModelError(f"activation {name} is not supported (gelu, gelu_tanh, quick_gelu)")
-    return table[name]
-
-
-def _norm(norm: Any, where: str) -> tuple[str, float]:
-    name = _cls(norm)
-    if name in ("LayerNorm",) and getattr(norm, "elementwise_affine", True):
-        return "layernorm", float(norm.eps)
-    if name == "RmsNorm" and getattr(norm, "elementwise_affine", True):
-        return "rmsnorm", float(norm.eps)
-    raise UnsupportedModelError(f"{where}: norm layer {name} is not supported (LayerNorm, RmsNorm)")
-
-
-def _mlp_ratio(dim: int, hidden: int) -> float:
-    """A float ratio r with int(dim * r) == hidden, as timm computes the hidden width."""
-    r = hidden / dim
-    while int(dim * r) < hidden:
-        r = math.nextafter(r, math.inf)
-    return r
-
-
 def _require(ok: bool, what: str) -> None:
     if not ok:
         raise UnsupportedModelError(f"{what} is not supported by vitjax")
 
 
-def _check_block(blk: Any, i: int) -> None:
-    _require(_cls(blk) == "Block", f"blocks.{i} of type {_cls(blk)} (e.g. parallel/res-post blocks)")
-    _require(_cls(blk.attn) == "Attention", f"blocks.{i}.attn of type {_cls(blk.attn)}")
-    _require(_cls(blk.mlp) == "Mlp", f"blocks.{i}.mlp of type {_cls(blk.mlp)} (SwiGLU/GLU MLPs)")
+def _act_name(act: Any, where: str) -> str:
+    name = _cls(act)
+    if name == "GELU":
+        return "gelu_tanh" if getattr(act, "approximate", "none") == "tanh" else "gelu"
+    table = {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}
+    _require(name in table, f"{where}: activation {name} (supported: GELU, GELUTanh, QuickGELU)")
+    return table[name]
+
+
+def _norm(norm: Any, where: str) -> tuple[str, float]:
+    """('layernorm' | 'rmsnorm', eps) of an affine timm/torch norm layer; refuses anything else."""
+    name = _cls(norm)
+    affine = getattr(norm, "elementwise_affine", True) and getattr(norm, "weight", None) is not None
+    if name in _LAYER_NORMS and affine and getattr(norm, "bias", None) is not None:
+        return "layernorm", float(norm.eps)
+    if name in _RMS_NORMS and affine:
+        return "rmsnorm", float(norm.eps)
+    raise UnsupportedModelError(
+        f"{where}: norm layer {name} is not supported by vitjax (affine LayerNorm or RmsNorm)"
+    )
+
+
+def _linear(m: Any, where: str, n_in: int, n_out: int, bias: bool | None = None) -> None:
+    _require(_cls(m) == "Linear", f"{where} of type {_cls(m)}")
+    _require(
+        (m.in_features, m.out_features) == (n_in, n_out),
+        f"{where} of shape {m.in_features}->{m.out_features} (expected {n_in}->{n_out})",
+    )
+    if bias is not None:
+        _require((m.bias is not None) == bias, f"{where} with bias={m.bias is not None}")
+
+
+def _check_block(blk: Any, i: int, ref: dict[str, Any]) -> None:
+    """Refuse a block vitjax cannot mirror or one that differs from block 0 (``ref``)."""
+    w = f"blocks.{i}"
+    _require(_cls(blk) == "Block", f"{w} of type {_cls(blk)} (parallel / res-post / scaled blocks)")
     attn, mlp = blk.attn, blk.mlp
-    _require(_is_identity(getattr(attn, "norm", None)), f"blocks.{i}.attn.norm (scale_attn_norm)")
-    _require(getattr(attn, "gate", None) is None, f"blocks.{i}.attn.gate (gated attention)")
-    _require(_is_identity(getattr(mlp, "norm", None)), f"blocks.{i}.mlp.norm (scale_mlp_norm)")
-    _require(attn.head_dim * attn.num_heads == attn.qkv.in_features,
-             f"blocks.{i}.attn with attn_head_dim != dim / num_heads")
-    _require(attn.proj.out_features == attn.qkv.in_features, f"blocks.{i}.attn with dim_out != dim")
+    _require(_cls(attn) == "Attention", f"{w}.attn of type {_cls(attn)}")
+    _require(_cls(mlp) == "Mlp", f"{w}.mlp of type {_cls(mlp)} (SwiGLU / GLU MLPs)")
+    dim, heads = ref["dim"], ref["num_heads"]
+    _require(attn.num_heads == heads, f"{w}.attn with {attn.num_heads} heads (block 0 has {heads})")
+    _require(attn.head_dim * heads == dim, f"{w}.attn with attn_head_dim != dim / num_heads")
+    _linear(attn.qkv, f"{w}.attn.qkv", dim, 3 * dim, ref["qkv_bias"])
+    _linear(attn.proj, f"{w}.attn.proj", dim, dim, ref["proj_bias"])
+    _require(_is_identity(getattr(attn, "norm", None)), f"{w}.attn.norm (scale_attn_norm)")
+    _require(getattr(attn, "gate", None) is None, f"{w}.attn.gate (gated attention)")
+    _require(abs(attn.scale - attn.head_dim**-0.5) < 1e-12, f"{w}.attn with a custom scale")
+    for qk in ("q_norm", "k_norm"):
+        has = not _is_identity(getattr(attn, qk))
+        _require(has == ref["qk_norm"], f"{w}.attn.{qk} differing from block 0")
+        if has:
+            _require(
+                _norm(getattr(attn, qk), f"{w}.attn.{qk}") == ref["norm"],
+                f"{w}.attn.{qk} with another norm kind or eps",
+            )
+    _linear(mlp.fc1, f"{w}.mlp.fc1", dim, ref["hidden"], ref["proj_bias"])
+    _linear(mlp.fc2, f"{w}.mlp.fc2", ref["hidden"], dim, ref["proj_bias"])
+    _require(_is_identity(getattr(mlp, "norm", None)), f"{w}.mlp.norm (scale_mlp_norm)")
+    _require(
+        _act_name(mlp.act, f"{w}.mlp.act") == ref["act"], f"{w}.mlp.act differing from block 0"
+    )
+    for n in ("norm1", "norm2"):
+        _require(_norm(getattr(blk, n), f"{w}.{n}") == ref["norm"], f"{w}.{n} with another eps")
+    for ls in ("ls1", "ls2"):
+        mod = getattr(blk, ls)
+        has = not _is_identity(mod)
+        _require(has == (ref["init_values"] is not None), f"{w}.{ls} differing from block 0")
+        if has:
+            _require(_cls(mod) == "LayerScale", f"{w}.{ls} of type {_cls(mod)}")
 
 
-def _check_pool(model: Any) -> None:
+def _check_pool(model: Any, ref: dict[str, Any]) -> None:
     pool = model.attn_pool
+    if model.global_pool == "prr" or _cls(pool) == "AttentionPoolPrr":
+        raise UnsupportedModelError(
+            "global_pool='prr' (AttentionPoolPrr) is not supported by vitjax"
+        )
     if pool is None:
         return
     _require(_cls(pool) == "AttentionPoolLatent", f"attn_pool of type {_cls(pool)}")
-    _require(pool.latent_len == 1 and pool.pos_embed is None and pool.pool == "token",
-             "attn_pool with latent_len > 1, a position embedding or non-token pooling")
-    _require(_is_identity(pool.q_norm) and pool.mlp is not None and _cls(pool.q) == "Linear",
-             "attn_pool with qk_norm, q_proj=False or no MLP")
-    _require(pool.num_heads == model.blocks[0].attn.num_heads, "attn_pool with its own head count")
+    _require(
+        pool.latent_len == 1 and pool.pos_embed is None and pool.pool == "token",
+        "attn_pool with latent_len > 1, a position embedding or non-token pooling",
+    )
+    _require(
+        _is_identity(pool.q_norm) and pool.mlp is not None,
+        "attn_pool with qk_norm or out_features=0",
+    )
+    dim, hidden = ref["dim"], ref["hidden"]
+    _require(pool.num_heads == ref["num_heads"], "attn_pool with its own head count")
+    _linear(pool.q, "attn_pool.q", dim, dim, True)
+    _linear(pool.kv, "attn_pool.kv", dim, 2 * dim, True)
+    _linear(pool.proj, "attn_pool.proj", dim, dim, True)
+    _require(ref["proj_bias"], "attn_pool ('map') together with proj_bias=False")
+    _linear(pool.mlp.fc1, "attn_pool.mlp.fc1", dim, hidden, True)
+    _linear(pool.mlp.fc2, "attn_pool.mlp.fc2", hidden, dim, True)
+    _require(_is_identity(getattr(pool.mlp, "norm", None)), "attn_pool.mlp.norm")
+    _require(
+        _act_name(pool.mlp.act, "attn_pool.mlp.act") == ref["act"],
+        "attn_pool.mlp.act differing from the blocks'",
+    )
+    _require(_norm(pool.norm, "attn_pool.norm") == ref["norm"], "attn_pool.norm with another eps")
+
+
+def _check_patch_embed(model: Any, pre_norm: bool, norm: tuple[str, float]) -> None:
+    pe = model.patch_embed
+    _require(_cls(pe) == "PatchEmbed", f"patch_embed of type {_cls(pe)} (hybrid CNN stems)")
+    proj = pe.proj
+    _require(_cls(proj) == "Conv2d", f"patch_embed.proj of type {_cls(proj)}")
+    _require(
+        tuple(proj.kernel_size) == tuple(proj.stride) == tuple(pe.patch_size)
+        and tuple(proj.padding) == (0, 0)
+        and proj.groups == 1,
+        "patch_embed.proj that is not a plain patchify convolution",
+    )
+    _require(
+        (proj.bias is None) == pre_norm,
+        f"patch_embed.proj with bias={proj.bias is not None} and pre_norm={pre_norm}",
+    )
+    if not _is_identity(pe.norm):
+        _require(_norm(pe.norm, "patch_embed.norm") == norm, "patch_embed.norm with another eps")
+
+
+def _square(x: tuple[int, int]) -> int | tuple[int, int]:
+    return x[0] if x[0] == x[1] else (int(x[0]), int(x[1]))
+
+
+def _drop(m: Any) -> float:
+    return float(getattr(m, "p", getattr(m, "drop_prob", 0.0)) or 0.0)
 
 
 def config_from_timm(model: Any) -> ViTConfig:
     """ViTConfig equal to a timm VisionTransformer / VisionTransformerDistilled instance."""
     name = _cls(model)
-    _require(name in ("VisionTransformer", "VisionTransformerDistilled"), f"model class {name}")
-    pe = model.patch_embed
-    _require(_cls(pe) == "PatchEmbed", f"patch_embed of type {_cls(pe)} (hybrid CNN stems)")
+    _require(
+        name in ("VisionTransformer", "VisionTransformerDistilled"),
+        f"model class {name} (relative-position, EVA/RoPE, hybrid or other ViT classes)",
+    )
     _require(_is_identity(getattr(model, "patch_drop", None)), "patch_drop (patch dropout)")
     _require(len(model.blocks) > 0, "a model with no blocks")
-    for i, blk in enumerate(model.blocks):
-        _check_block(blk, i)
-    _check_pool(model)
     blk = model.blocks[0]
     dim = model.embed_dim
-    norm_layer, eps = _norm(blk.norm1, "blocks.0.norm1")
-    distilled = getattr(model, "dist_token", None) is not None
-    init_values = getattr(getattr(blk, "ls1", None), "gamma", None)
+    _require(_cls(blk) == "Block", f"blocks.0 of type {_cls(blk)} (parallel / res-post blocks)")
+    _require(_cls(blk.attn) == "Attention", f"blocks.0.attn of type {_cls(blk.attn)}")
+    _require(_cls(blk.mlp) == "Mlp", f"blocks.0.mlp of type {_cls(blk.mlp)} (SwiGLU / GLU MLPs)")
+    ls = getattr(blk, "ls1", None)
+    ref = dict(
+        dim=dim,
+        num_heads=blk.attn.num_heads,
+        qkv_bias=blk.attn.qkv.bias is not None,
+        proj_bias=blk.attn.proj.bias is not None,
+        qk_norm=not _is_identity(blk.attn.q_norm),
+        hidden=blk.mlp.fc1.out_features,
+        act=_act_name(blk.mlp.act, "blocks.0.mlp.act"),
+        norm=_norm(blk.norm1, "blocks.0.norm1"),
+        init_values=None if _is_identity(ls) else float(ls.init_values),
+    )
+    for i, b in enumerate(model.blocks):
+        _check_block(b, i, ref)
+    _check_pool(model, ref)
+    pre_norm = not _is_identity(model.norm_pre)
+    _check_patch_embed(model, pre_norm, ref["norm"])
+    for n in ("norm_pre", "norm", "fc_norm"):
+        if not _is_identity(getattr(model, n)):
+            _require(
+                _norm(getattr(model, n), n) == ref["norm"], f"{n} with another norm kind or eps"
+            )
+    pe = model.patch_embed
+    global_pool = model.global_pool
+    final_norm = not (_is_identity(model.norm) and _is_identity(model.fc_norm))
+    use_fc_norm = not _is_identity(model.fc_norm)
+    fc_norm = (
+        None
+        if not final_norm or use_fc_norm == (global_pool in ("avg", "max", "avgmax"))
+        else use_fc_norm
+    )
     return ViTConfig(
-        img_size=tuple(pe.img_size),
-        patch_size=tuple(pe.patch_size),
+        img_size=_square(tuple(pe.img_size)),
+        patch_size=_square(tuple(pe.patch_size)),
         in_chans=pe.proj.in_channels,
         num_classes=model.num_classes,
-        global_pool=model.global_pool,
+        global_pool=global_pool,
         embed_dim=dim,
         depth=len(model.blocks),
-        num_heads=blk.attn.num_heads,
-        mlp_ratio=_mlp_ratio(dim, blk.mlp.fc1.out_features),
-        qkv_bias=blk.attn.qkv.bias is not None,
-        qk_norm=not _is_identity(blk.attn.q_norm),
-        proj_bias=blk.attn.proj.bias is not None,
-        init_values=float(blk.ls1.init_values) if init_values is not None else None,
+        num_heads=ref["num_heads"],
+        mlp_ratio=mlp_ratio_for(dim, ref["hidden"]),
+        qkv_bias=ref["qkv_bias"],
+        qk_norm=ref["qk_norm"],
+        proj_bias=ref["proj_bias"],
+        init_values=ref["init_values"],
         class_token=model.cls_token is not None,
         pos_embed="learn" if model.pos_embed is not None else "none",
         no_embed_class=bool(model.no_embed_class),
         reg_tokens=int(getattr(model, "num_reg_tokens", 0)),
-        pre_norm=not _is_identity(model.norm_pre),
-        final_norm=not (_is_identity(model.norm) and _is_identity(model.fc_norm)),
-        fc_norm=not _is_identity(model.fc_norm),
+        pre_norm=pre_norm,
+        final_norm=final_norm,
+        fc_norm=fc_norm,
         pool_include_prefix=bool(model.pool_include_prefix),
         dynamic_img_size=bool(model.dynamic_img_size),
         dynamic_img_pad=bool(pe.dynamic_img_pad),
+        drop_rate=_drop(model.head_drop),
+        pos_drop_rate=_drop(model.pos_drop),
+        proj_drop_rate=_drop(blk.attn.proj_drop),
+        attn_drop_rate=_drop(blk.attn.attn_drop),
+        drop_path_rate=_drop(model.blocks[-1].drop_path1),
         embed_norm=not _is_identity(pe.norm),
-        norm_layer=norm_layer,
-        norm_eps=eps,
-        act_layer=_act_name(blk.mlp.act),
-        attn_scale=None if abs(blk.attn.scale - blk.attn.head_dim**-0.5) < 1e-12 else blk.attn.scale,
-        distilled=distilled,
+        norm_layer=ref["norm"][0],
+        norm_eps=ref["norm"][1],
+        act_layer=ref["act"],
+        distilled=getattr(model, "dist_token", None) is not None,
     )
+
+
+# --- timm's checkpoint conventions (numpy) ----------------------------------------------------
+
+_CLIP_SWAPS = (
+    ("conv1", "patch_embed.proj"),
+    ("positional_embedding", "pos_embed"),
+    ("transformer.resblocks.", "blocks."),
+    ("ln_pre", "norm_pre"),
+    ("ln_post", "norm"),
+    ("ln_", "norm"),
+    ("in_proj_", "qkv."),
+    ("out_proj", "proj"),
+    ("mlp.c_fc", "mlp.fc1"),
+    ("mlp.c_proj", "mlp.fc2"),
+)
+
+
+def _convert_openai_clip(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """OpenAI CLIP visual tower keys -> timm keys (timm's _convert_openai_clip)."""
+    out: dict[str, np.ndarray] = {}
+    for k, v in sd.items():
+        if not k.startswith(prefix):
+            continue
+        k = k.replace(prefix, "")
+        for a, b in _CLIP_SWAPS:
+            k = k.replace(a, b)
+        if k == "proj":
+            k, v = "head.weight", v.T
+            out["head.bias"] = np.zeros(v.shape[0], v.dtype)
+        elif k == "class_embedding":
+            k, v = "cls_token", v[None, None]
+        elif k == "pos_embed":
+            v = v[None]
+        out[k] = v
+    return out
+
+
+def _convert_dinov2(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Meta DINOv2 keys -> timm keys (timm's _convert_dinov2)."""
+    sd = {k: v for k, v in sd.items() if k != "mask_token"}
+    out: dict[str, np.ndarray] = {}
+    if "register_tokens" in sd:
+        out["reg_token"] = sd.pop("register_tokens")
+        out["cls_token"] = sd.pop("cls_token") + sd["pos_embed"][:, 0]
+        out["pos_embed"] = sd.pop("pos_embed")[:, 1:]
+    for k, v in sd.items():
+        k = re.sub(r"^(blocks\.\d+\.mlp\.)w12\.", r"\1fc1.", k)
+        k = re.sub(r"^(blocks\.\d+\.mlp\.)w3\.", r"\1fc2.", k)
+        out[k] = v
+    return out
+
+
+def _strip(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def filter_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Foreign layouts -> timm keys, as timm's checkpoint_filter_fn does (no resampling here)."""
+    sd = {k: np.asarray(v) for k, v in state_dict.items()}
+    if "visual.class_embedding" in sd:
+        sd = _convert_openai_clip(sd, "visual.")
+    elif "module.visual.class_embedding" in sd:
+        sd = _convert_openai_clip(sd, "module.visual.")
+    elif "mask_token" in sd:
+        sd = _convert_dinov2(sd)
+    elif "vision_encoder.mask_token" in sd:
+        sd = _convert_dinov2(_strip(sd, "vision_encoder."))
+    elif "visual.trunk.pos_embed" in sd or "visual.trunk.blocks.0.norm1.weight" in sd:
+        head = sd.get("visual.head.proj.weight")
+        sd = _strip(sd, "visual.trunk.")
+        if head is not None:
+            sd["head.weight"], sd["head.bias"] = head, np.zeros(head.shape[0], head.dtype)
+    elif "module.visual.trunk.pos_embed" in sd:
+        sd = _strip(sd, "module.visual.trunk.")
+    elif any(k.startswith("radio_model.") for k in sd):
+        raise UnsupportedModelError(
+            "NVIDIA RADIO checkpoints (radio_model.*) are not converted by vitjax; load them in "
+            "timm and use vitjax.from_timm(model)"
+        )
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("pre_logits"):
+            continue  # representation layer, dropped by timm
+        out[re.sub(r"gamma_([0-9])", r"ls\1.gamma", k)] = v  # DeiT-3 layer scale
+    return out
+
+
+def source_grid(num_tokens: int, default: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The position grid a checkpoint was trained on: ``default`` if it fits, else a square."""
+    if default is not None and default[0] * default[1] == num_tokens:
+        return tuple(default)
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(
+            f"cannot infer the position-embedding grid from {num_tokens} patch tokens "
+            "(not square and not the model's default grid)"
+        )
+    return side, side
+
+
+def adapt_pos_embed(
+    state_dict: dict[str, np.ndarray],
+    cfg: ViTConfig,
+    old_grid: tuple[int, int] | None = None,
+    interpolation: str = "bicubic",
+    antialias: bool = True,
+) -> dict[str, np.ndarray]:
+    """Resample the checkpoint's pos_embed to cfg's grid, as timm does when loading weights."""
+    pe = state_dict.get("pos_embed")
+    if pe is None or not cfg.has_pos_embed or pe.ndim != 3:
+        return state_dict
+    n_prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
+    grid = source_grid(pe.shape[1] - n_prefix, old_grid)
+    if pe.shape[1] == cfg.embed_len and grid == cfg.grid_size:
+        return state_dict
+    import jax.numpy as jnp
+
+    from vitjax.vit import resample_abs_pos_embed
+
+    new = resample_abs_pos_embed(
+        jnp.asarray(pe, jnp.float32),
+        cfg.grid_size,
+        grid,
+        n_prefix,
+        method=interpolation,
+        antialias=antialias,
+    )
+    return {**state_dict, "pos_embed": np.asarray(new).astype(pe.dtype)}
+
+
+def reshape_linear_patch_embed(state_dict: dict[str, np.ndarray], cfg: ViTConfig) -> None:
+    """Old linear patch projections (O, C*ph*pw) -> conv weights (O, C, ph, pw), in place."""
+    w = state_dict.get("patch_embed.proj.weight")
+    if w is not None and w.ndim < 4:
+        ph, pw = to_2tuple(cfg.patch_size)
+        state_dict["patch_embed.proj.weight"] = w.reshape(w.shape[0], -1, ph, pw)
+
+
+def describe_state_dict(state_dict: Mapping[str, Any]) -> str:
+    """A one-line guess of the architecture a timm-key state_dict holds (for error messages)."""
+    parts = []
+    w = state_dict.get("patch_embed.proj.weight")
+    if w is not None and np.ndim(w) == 4:
+        parts += [f"embed_dim={np.shape(w)[0]}", f"patch_size={tuple(np.shape(w)[2:])}"]
+    blocks = {int(m[1]) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if blocks:
+        parts.append(f"depth={max(blocks) + 1}")
+    for k in ("pos_embed", "reg_token", "head.weight"):
+        if k in state_dict:
+            parts.append(f"{k} {tuple(np.shape(state_dict[k]))}")
+    return ", ".join(parts) or "no timm ViT keys"
