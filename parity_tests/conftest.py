@@ -19,6 +19,21 @@ torch.set_float32_matmul_precision("highest")
 HAS_GPU = any(d.platform == "gpu" for d in jax.devices()) and torch.cuda.is_available()
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--parity-report", metavar="FILE", help="write every parity figure to FILE (Markdown)"
+    )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = session.config.getoption("--parity-report")
+    if path:
+        from parity_tests.parity import records_markdown
+
+        with open(path, "w") as f:
+            f.write(records_markdown())
+
+
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a GPU (jax and torch both see one)")
     for item in items:

@@ -15,6 +15,10 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 }
 
 
+# Every comparison made in this session: (name, shape, max |diff|, mean |diff|, scale, atol, rtol).
+RECORDS: list[tuple[str, tuple[int, ...], float, float, float, float, float]] = []
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """numpy copy of a jax array, torch tensor or array-like."""
     if hasattr(x, "detach"):
@@ -55,6 +59,7 @@ def assert_close(
         raise AssertionError(f"{name}: shape {a.shape} (jax) != {b.shape} (torch)")
     rep = diff_report(a, b)
     bad = np.abs(a.astype(np.float64) - b) > atol + rtol * np.abs(b.astype(np.float64))
+    RECORDS.append((name, a.shape, rep["max"], rep["mean"], rep["scale"], atol, rtol))
     if bad.any() or not np.isfinite(a).all():
         raise AssertionError(
             f"{name} {a.shape}: max |diff| {rep['max']:.3e} at {rep['where']} "
@@ -62,3 +67,36 @@ def assert_close(
             f"{int(bad.sum())} of {bad.size} elements beyond atol={atol:g} rtol={rtol:g}"
         )
     return rep
+
+
+def _unit(name: str) -> str:
+    return name.split("[")[0].split(" ")[0]
+
+
+def summary_markdown() -> str:
+    """Per unit (the name before '['): comparisons, worst max |diff|, average mean |diff|."""
+    units: dict[str, list[tuple[float, float]]] = {}
+    for name, _, mx, mean, *_ in RECORDS:
+        units.setdefault(_unit(name), []).append((mx, mean))
+    rows = [
+        "| unit | comparisons | worst max abs diff | average mean abs diff |",
+        "|---|---|---|---|",
+    ]
+    for unit, vals in units.items():
+        worst, avg = max(v[0] for v in vals), sum(v[1] for v in vals) / len(vals)
+        rows.append(f"| {unit} | {len(vals)} | {worst:.2e} | {avg:.2e} |")
+    return "\n".join(rows) + "\n"
+
+
+def records_markdown() -> str:
+    """The session's comparisons as Markdown: a per-unit summary, then every comparison."""
+    rows = [
+        summary_markdown(),
+        "| tensor | shape | max abs diff | mean abs diff | max abs value | atol | rtol |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, shape, mx, mean, scale, atol, rtol in RECORDS:
+        rows.append(
+            f"| {name} | {shape} | {mx:.2e} | {mean:.2e} | {scale:.3g} | {atol:g} | {rtol:g} |"
+        )
+    return "\n".join(rows) + "\n"
