@@ -32,11 +32,13 @@ def base_images():
 
 
 def test_vit_base_patch16_224_param_count_pinned(timm_base):
-    model, variables = vitjax.create_model("vit_base_patch16_224")
+    shapes = vitjax.models.param_shapes(
+        vitjax.VisionTransformer(vitjax.get_config("vit_base_patch16_224"))
+    )
     counts = {
         "timm": sum(p.numel() for p in timm_base.parameters()),
         "vittorch": vittorch.count_params(vittorch.create_model("vit_base_patch16_224")),
-        "vitjax": vitjax.count_params(variables),
+        "vitjax": vitjax.count_params(shapes),
     }
     assert counts == dict.fromkeys(counts, 86_567_656)
 
@@ -79,7 +81,7 @@ def test_vit_base_patch16_224_matches_torch(timm_base, base_images, tmp_path):
 )
 def test_torch_flax_torch_round_trip_is_bit_exact(name):
     net = randomize_(vittorch.create_model(name, depth=2))
-    model, _ = vitjax.create_model(name, depth=2)
+    model = vitjax.VisionTransformer(vitjax.get_config(name, depth=2))
     sd = torch_state(net)
     back = convert.flax_to_torch(vitjax.models.variables_from_state_dict(model, sd)["params"])
     assert set(back) == set(sd)

@@ -25,6 +25,7 @@ _EXPORTS = {
     "count_params": "vitjax.models",
 }
 
+_SUBMODULES = ("configs", "convert", "data", "io", "models", "schedules", "train", "vit")
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 
@@ -34,6 +35,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"vitjax.{name}")
     raise AttributeError(f"module 'vitjax' has no attribute {name!r}")
 
 
