@@ -17,7 +17,9 @@ import numpy as np
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-_CONTAINER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "module")
+# timm's load_checkpoint order (EMA weights first); "encoder" holds I-JEPA's ViT.
+_CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module", "encoder")
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.", "_orig_mod.")  # torch.compile / DDP, as timm strips
 
 
 class CheckpointError(ValueError):
@@ -76,6 +78,16 @@ def _unwrap(obj: Any, path: str | os.PathLike) -> dict[str, np.ndarray]:
     return out
 
 
+def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Strip DDP / torch.compile wrapper prefixes from keys, as timm's clean_state_dict."""
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in _WRAPPER_PREFIXES:
+            k = k[len(prefix) :] if k.startswith(prefix) else k
+        out[k] = v
+    return out
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """timm-key state_dict from a .safetensors, .pth/.bin or .npz file, or a save_pretrained dir."""
     path = Path(path)
@@ -87,9 +99,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        return load_safetensors(path)
+        return clean_state_dict(load_safetensors(path))
     if suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        return load_torch_file(path)
+        return clean_state_dict(load_torch_file(path))
     if suffix == ".npz":
         from vitjax.npz import load_npz
 

@@ -8,6 +8,7 @@ Imports nothing from torch or timm: a module handed in brings them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vitjax.configs import ViTConfig, mlp_ratio_for, to_2tuple
+from vitjax.configs import ViTConfig, get_config, mlp_ratio_for, to_2tuple
 
 _LAYER_NORMS = ("LayerNorm",)
 _RMS_NORMS = ("RmsNorm",)
@@ -401,3 +402,20 @@ def describe_state_dict(state_dict: Mapping[str, Any]) -> str:
         if k in state_dict:
             parts.append(f"{k} {tuple(np.shape(state_dict[k]))}")
     return ", ".join(parts) or "no timm ViT keys"
+
+
+def timm_model_args(name: str, cfg: ViTConfig) -> dict[str, Any]:
+    """timm.create_model kwargs that turn the named timm model into cfg (differences only)."""
+    base = get_config(name)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        new, old = getattr(cfg, f.name), getattr(base, f.name)
+        if new == old:
+            continue
+        if f.name == "embed_norm":
+            out["embed_norm_layer"] = cfg.norm_layer if new else None
+        elif f.name in ("norm_eps", "attn_scale", "distilled"):
+            raise ValueError(f"{f.name}={new!r} (model default {old!r}) has no timm argument")
+        else:
+            out[f.name] = new
+    return out

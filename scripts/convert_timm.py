@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Convert a timm ViT checkpoint to vitjax (save_pretrained directory), or back with --to-timm.
+
+  convert_timm.py MODEL [--checkpoint FILE] --out DIR [--num-classes N] [--img-size S] [--verify]
+  convert_timm.py MODEL --checkpoint VITJAX_DIR --out OUT --to-timm [--verify]
+
+MODEL is a timm name ('vit_base_patch16_224' or 'vit_base_patch16_224.augreg_in21k'). Without
+--checkpoint the weights come from the local Hugging Face cache (timm's pretrained config; never
+downloads). FILE: .safetensors, .pth/.bin, .npz (vit_jax / big_vision) or a vitjax directory.
+--to-timm writes OUT as .safetensors / .pth (timm keys) or as a directory in timm's hub layout
+(timm.create_model('local-dir:OUT')). --verify runs timm (PyTorch) and vitjax (JAX) on one
+random batch and prints max |diff|.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vitjax import hub, io, models  # noqa: E402
+from vitjax.timm_compat import timm_model_args  # noqa: E402
+
+
+def parser() -> argparse.ArgumentParser:
+    """The CLI's flags."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("model", help="timm model name, optionally with a .tag")
+    p.add_argument("--checkpoint", help="weights file or directory (default: HF cache)")
+    p.add_argument("--out", required=True, help="output directory (or file with --to-timm)")
+    p.add_argument("--num-classes", type=int, help="new classifier size (fresh head)")
+    p.add_argument(
+        "--img-size",
+        type=int,
+        nargs="+",
+        metavar="S",
+        help="new input size (H [W]); resamples the position embedding like timm",
+    )
+    p.add_argument("--to-timm", action="store_true", help="vitjax -> timm instead")
+    p.add_argument("--verify", action="store_true", help="compare with timm; print max |diff|")
+    p.add_argument("--batch", type=int, default=2, help="batch size for --verify")
+    return p
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    """create_model keyword overrides from the flags."""
+    out = {}
+    if args.num_classes is not None:
+        out["num_classes"] = args.num_classes
+    if args.img_size:
+        out["img_size"] = args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size)
+    return out
+
+
+def pretrained_cfg(name: str) -> dict:
+    """timm's pretrained config for name, or {} when it has none."""
+    try:
+        return hub.export_pretrained_cfg(name)
+    except (ValueError, ImportError):
+        return {}
+
+
+def load(args: argparse.Namespace):
+    """(model, variables) for the flags."""
+    ckpt = args.checkpoint
+    if args.to_timm and ckpt and Path(ckpt).is_dir() and not overrides(args):
+        return models.load_pretrained(ckpt)
+    return models.create_model(
+        args.model, pretrained=ckpt is None, checkpoint_path=ckpt, **overrides(args)
+    )
+
+
+def write(args: argparse.Namespace, model, variables) -> Path:
+    """Write the converted weights where --out says."""
+    out, cfg = Path(args.out), pretrained_cfg(args.model)
+    if not args.to_timm:
+        return models.save_pretrained(out, model, variables, pretrained_cfg=cfg)
+    sd = models.to_timm_state_dict(model, variables)
+    if out.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file(sd, str(out), metadata={"format": "pt"})
+        return out
+    if out.suffix in (".pth", ".pt", ".bin"):
+        import torch
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, out)
+        return out
+    args_ = timm_model_args(args.model, model.cfg)
+    return hub.save_timm_dir(out, args.model, args_, model.cfg, sd, cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        model, variables = load(args)
+    except (io.CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    path = write(args, model, variables)
+    cfg = model.cfg
+    print(
+        f"wrote {path} ({args.model}: img_size={cfg.img_size}, num_classes={cfg.num_classes}, "
+        f"{models.count_params(variables):,} parameters)"
+    )
+    if args.verify:
+        from vitjax.timm_verify import verify_conversion
+
+        source = path if args.to_timm else args.checkpoint
+        if source is None:
+            source = hub.pretrained_checkpoint(args.model)
+        report = verify_conversion(args.model, model, variables, source, batch=args.batch)
+        for what, diffs in report.items():
+            for out, d in diffs.items():
+                if out == "error":
+                    print(f"verify {what}: {d}")
+                else:
+                    print(
+                        f"verify {what} {out}: max |diff| {d['max_abs']:.3e} "
+                        f"(scale {d['scale']:.3e}, relative {d['rel']:.3e})"
+                    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
