@@ -61,8 +61,13 @@ def _adapt_head(
     state_dict: dict[str, np.ndarray], model: VisionTransformer, seed: int
 ) -> dict[str, np.ndarray]:
     """Swap the checkpoint's classifier for a fresh one when num_classes was changed on purpose."""
-    want = convert.flax_to_torch(jax.tree_util.tree_map(np.zeros_like, param_shapes(model)))
-    if all(state_dict.get(k, np.empty(0)).shape == want[k].shape for k in _HEAD_KEYS if k in want):
+    flat = convert.flatten(param_shapes(model))
+    want = {}
+    for head in ("head", "head_dist"):
+        if (head, "kernel") in flat:
+            n_in, n_out = flat[(head, "kernel")].shape
+            want[f"{head}.weight"], want[f"{head}.bias"] = (n_out, n_in), (n_out,)
+    if all(np.shape(state_dict.get(k, ())) == shape for k, shape in want.items()):
         return state_dict
     fresh_sd = convert.flax_to_torch(jax.device_get(init_variables(model, seed)["params"]))
     out = {k: v for k, v in state_dict.items() if k not in _HEAD_KEYS}

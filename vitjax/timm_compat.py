@@ -215,7 +215,7 @@ def config_from_timm(model: Any) -> ViTConfig:
         if not final_norm or use_fc_norm == (global_pool in ("avg", "max", "avgmax"))
         else use_fc_norm
     )
-    return ViTConfig(
+    cfg = ViTConfig(
         img_size=_square(tuple(pe.img_size)),
         patch_size=_square(tuple(pe.patch_size)),
         in_chans=pe.proj.in_channels,
@@ -250,6 +250,14 @@ def config_from_timm(model: Any) -> ViTConfig:
         act_layer=ref["act"],
         distilled=getattr(model, "dist_token", None) is not None,
     )
+    if model.pos_embed is not None:
+        shape = tuple(model.pos_embed.shape)
+        _require(
+            shape == (1, cfg.embed_len, dim),
+            f"pos_embed of shape {shape} (the tokens need {(1, cfg.embed_len, dim)}; e.g. "
+            "VisionTransformerDistilled with no_embed_class, which timm cannot run either)",
+        )
+    return cfg
 
 
 # --- timm's checkpoint conventions (numpy) ----------------------------------------------------
