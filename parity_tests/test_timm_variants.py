@@ -63,7 +63,7 @@ def test_variants_match_timm_at_depth_1():
             bad[name] = {
                 k: (v, getattr(want, k))
                 for k, v in got.to_dict().items()
-                if getattr(want, k) != getattr(got, k) and k not in ("img_size",)
+                if getattr(want, k) != getattr(got, k)
             }
     assert not bad, f"VARIANTS rows differing from timm: {bad}"
 

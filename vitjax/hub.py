@@ -244,6 +244,9 @@ def save_timm_dir(
         "num_features": cfg.embed_dim,
         "global_pool": cfg.global_pool,
         "pretrained_cfg": pretrained,
-        "model_args": {k: list(v) if isinstance(v, tuple) else v for k, v in model_args.items()},
+        "model_args": {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in {**model_args, "img_size": cfg.img_size}.items()
+        },
     }
     return write_pretrained_dir(directory, config, state_dict)
