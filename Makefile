@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/train.py --out runs/demo $(DEMO_ARGS)
+	$(PY) scripts/train.py --out runs/demo --overwrite --model vit_tutorial_patch16_32 \
+		--img-size 16 --model-args patch_size=4 embed_dim=64 depth=3 num_heads=4 \
+		--epochs 30 --batch-size 16 --lr 1e-3 --crop-scale 0.7 1.0 $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest parity_tests -q $(PYTEST_ARGS)

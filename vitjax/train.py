@@ -8,9 +8,14 @@ give the exact mean over its real examples.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import shutil
+import warnings
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,6 +25,9 @@ import optax
 from flax import struct
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from vitjax.configs import ViTConfig, to_2tuple
+from vitjax.vit import VisionTransformer
 
 Batch = dict[str, Any]
 Metrics = dict[str, Any]
@@ -99,13 +107,20 @@ def make_optimizer(
 
 
 def create_train_state(
-    model: Any, variables: dict[str, Any], tx: optax.GradientTransformation,
+    model: Any,
+    variables: dict[str, Any],
+    tx: optax.GradientTransformation,
     label_smoothing: float = 0.0,
 ) -> TrainState:
     """A fresh TrainState at step 0 (params copied, so donating it leaves variables intact)."""
     params = jax.tree_util.tree_map(jnp.array, variables["params"])
-    return TrainState.create(
-        apply_fn=model.apply, params=params, tx=tx, label_smoothing=label_smoothing
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
+        opt_state=jax.jit(tx.init)(params),
+        label_smoothing=label_smoothing,
     )
 
 
@@ -165,8 +180,10 @@ def maybe_initialize_distributed() -> bool:
         return False
     kw = {}
     if "JAX_NUM_PROCESSES" in env and "JAX_PROCESS_ID" in env:
-        kw = {"num_processes": int(env["JAX_NUM_PROCESSES"]),
-              "process_id": int(env["JAX_PROCESS_ID"])}
+        kw = {
+            "num_processes": int(env["JAX_NUM_PROCESSES"]),
+            "process_id": int(env["JAX_PROCESS_ID"]),
+        }
     jax.distributed.initialize(**kw)
     return True
 
@@ -199,8 +216,9 @@ def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
     def put(x: np.ndarray) -> jax.Array:
         x = np.asarray(x)
         local = x.shape[0] // n
-        return jax.make_array_from_process_local_data(sharding, x[i * local:(i + 1) * local],
-                                                      x.shape)
+        return jax.make_array_from_process_local_data(
+            sharding, x[i * local : (i + 1) * local], x.shape
+        )
 
     return {k: put(v) for k, v in batch.items()}
 
@@ -209,8 +227,9 @@ def jit_steps(mesh: Mesh) -> tuple[Callable, Callable]:
     """train_step (state donated) and eval_step jitted for data parallelism over the mesh."""
     repl = NamedSharding(mesh, PartitionSpec())
     data = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    train = jax.jit(train_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
-                    donate_argnums=0)
+    train = jax.jit(
+        train_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=0
+    )
     evaluate = jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl)
     return train, evaluate
 
@@ -224,8 +243,10 @@ def pad_batch(batch: Batch, size: int) -> Batch:
     out = {**batch, "mask": mask}
     if n == size:
         return out
-    return {k: np.concatenate([v, np.zeros((size - n, *np.shape(v)[1:]), np.asarray(v).dtype)])
-            for k, v in out.items()}
+    return {
+        k: np.concatenate([v, np.zeros((size - n, *np.shape(v)[1:]), np.asarray(v).dtype)])
+        for k, v in out.items()
+    }
 
 
 # ----------------------------------------------------------------------------- loops
@@ -249,12 +270,19 @@ def _bar(batches: Iterable[Batch], desc: str, progress: bool) -> Iterable[Batch]
     from tqdm.auto import tqdm
 
     total = len(batches) if hasattr(batches, "__len__") else None
-    return tqdm(batches, desc=desc, total=total, leave=False, dynamic_ncols=True)
+    return tqdm(batches, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=None)
 
 
 def train_epoch(
-    state: TrainState, batches: Iterable[Batch], rng: jax.Array, step_fn: Callable,
-    mesh: Mesh, batch_size: int, *, desc: str = "train", progress: bool = False,
+    state: TrainState,
+    batches: Iterable[Batch],
+    rng: jax.Array,
+    step_fn: Callable,
+    mesh: Mesh,
+    batch_size: int,
+    *,
+    desc: str = "train",
+    progress: bool = False,
 ) -> tuple[TrainState, list[Metrics]]:
     """Run step_fn over one epoch of batches; the per-step metrics (device arrays)."""
     metrics = []
@@ -268,12 +296,19 @@ def train_epoch(
 
 
 def evaluate(
-    state: TrainState, batches: Iterable[Batch], eval_fn: Callable, mesh: Mesh,
-    batch_size: int, *, progress: bool = False,
+    state: TrainState,
+    batches: Iterable[Batch],
+    eval_fn: Callable,
+    mesh: Mesh,
+    batch_size: int,
+    *,
+    progress: bool = False,
 ) -> tuple[float, float]:
     """Example-weighted mean loss and accuracy over batches."""
-    metrics = [eval_fn(state, shard_batch(pad_batch(b, batch_size), mesh))
-               for b in _bar(batches, "val", progress)]
+    metrics = [
+        eval_fn(state, shard_batch(pad_batch(b, batch_size), mesh))
+        for b in _bar(batches, "val", progress)
+    ]
     return _summarise(metrics)
 
 
@@ -306,8 +341,9 @@ def fit(
     for epoch in range(start_epoch, epochs):
         lr = float(lr_schedule(int(state.step))) if lr_schedule is not None else math.nan
         desc = f"epoch {epoch + 1}/{epochs}"
-        state, metrics = train_epoch(state, train_data(epoch), rng, step_fn, mesh, batch_size,
-                                     desc=desc, progress=progress)
+        state, metrics = train_epoch(
+            state, train_data(epoch), rng, step_fn, mesh, batch_size, desc=desc, progress=progress
+        )
         train_loss, train_acc = _summarise(metrics)
         if not math.isfinite(train_loss):
             raise FloatingPointError(
@@ -316,10 +352,17 @@ def fit(
             )
         val_loss, val_acc = math.nan, math.nan
         if val_data is not None:
-            val_loss, val_acc = evaluate(state, val_data(epoch), eval_fn, mesh, batch_size,
-                                         progress=progress)
-        record = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                  "val_loss": val_loss, "val_acc": val_acc}
+            val_loss, val_acc = evaluate(
+                state, val_data(epoch), eval_fn, mesh, batch_size, progress=progress
+            )
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+        }
         history.append(record)
         if on_epoch_end is not None:
             on_epoch_end(state, record)
@@ -328,6 +371,313 @@ def fit(
 
 def format_record(record: dict[str, Any]) -> str:
     """One human line per epoch: epoch, lr, train loss/acc, val loss/acc."""
-    return (f"epoch {record['epoch']:3d}  lr {record['lr']:.3e}  "
-            f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
-            f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}")
+    return (
+        f"epoch {record['epoch']:3d}  lr {record['lr']:.3e}  "
+        f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
+        f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
+    )
+
+
+# ----------------------------------------------------------------------------- runs (the CLI)
+
+RESUME_OVERRIDES = ("epochs", "workers", "progress", "keep", "resume", "overwrite", "out")
+DIGITS_MEAN = DIGITS_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass
+class RunConfig:
+    """Every option of a training run; scripts/train.py's flags, defaults = the digits demo."""
+
+    out: str = "runs/train"
+    data: str | None = None
+    model: str = "vit_tutorial_patch16_32"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+    freeze_backbone: bool = False
+    num_classes: int | None = None
+    img_size: int | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = False
+    schedule: str = "cosine"
+    schedule_args: dict[str, Any] = field(default_factory=dict)
+    per_step_schedule: bool = False
+    schedule_epochs: int | None = None
+    clip_grad: float | None = None
+    label_smoothing: float = 0.0
+    augment: bool = True
+    hflip: float | None = None
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    val_fraction: float = 0.3
+    seed: int = 0
+    workers: int = 0
+    precision: str = "fp32"
+    keep: int = 3
+    progress: bool = True
+    resume: bool = False
+    overwrite: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field."""
+        d = dataclasses.asdict(self)
+        d["crop_scale"] = list(self.crop_scale)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Inverse of to_dict; unknown keys are an error naming them."""
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown RunConfig fields: {unknown}")
+        d = dict(d)
+        if "crop_scale" in d:
+            d["crop_scale"] = tuple(d["crop_scale"])
+        return cls(**d)
+
+
+def _log(msg: str, cfg: RunConfig) -> None:
+    """Print a line without breaking the progress bars."""
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(msg)
+    else:
+        print(msg, flush=True)
+
+
+def prepare_run_dir(cfg: RunConfig) -> RunConfig:
+    """The run's config: saved in OUT for a new run, read back from OUT for --resume."""
+    from vitjax import checkpoint as ck
+
+    out = Path(cfg.out)
+    saved_path = out / ck.RUN_CONFIG_NAME
+    if cfg.resume:
+        if not saved_path.is_file():
+            raise FileNotFoundError(f"--resume: {saved_path} missing; nothing to resume in {out}")
+        saved = RunConfig.from_dict(ck.read_json(saved_path))
+        default = RunConfig()
+        for f in dataclasses.fields(RunConfig):
+            given, kept = getattr(cfg, f.name), getattr(saved, f.name)
+            if (
+                f.name not in RESUME_OVERRIDES
+                and given != kept
+                and given != getattr(default, f.name)
+            ):
+                warnings.warn(
+                    f"--resume keeps the run's {f.name}={kept!r} (ignoring {given!r})", stacklevel=2
+                )
+        cfg = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES})
+    else:
+        if (saved_path.exists() or (out / ck.CHECKPOINT_DIR).exists()) and not cfg.overwrite:
+            raise FileExistsError(
+                f"{out} already holds a run: pass --resume to continue it, "
+                "--overwrite to replace it, or another --out"
+            )
+        for name in (ck.CHECKPOINT_DIR, ck.MODEL_DIR):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in (ck.METRICS_NAME, ck.CURVES_NAME):
+            (out / name).unlink(missing_ok=True)
+        cfg = dataclasses.replace(cfg, schedule_epochs=cfg.schedule_epochs or cfg.epochs)
+    ck.write_json(saved_path, cfg.to_dict())
+    return cfg
+
+
+def load_datasets(cfg: RunConfig) -> tuple[Any, Any, tuple[str, ...]]:
+    """Seeded (train, val) split of the image folder, or of the embedded digits."""
+    from vitjax import data
+
+    full = data.ImageDataset.from_folder(cfg.data) if cfg.data else data.load_digits_dataset()
+    train_idx, val_idx = data.split_indices(len(full), cfg.val_fraction, cfg.seed)
+    return full.subset(train_idx), full.subset(val_idx), full.class_names
+
+
+def build_model(
+    cfg: RunConfig, num_classes: int, *, weights: bool = True
+) -> tuple[VisionTransformer, dict[str, Any] | None, dict[str, Any]]:
+    """Model, variables and the init checkpoint's pretrained_cfg ({} when there is none).
+
+    weights=False (a resumed run, whose checkpoint has the weights) skips initialising or loading
+    them where the model does not depend on them, and returns variables=None.
+    """
+    from vitjax import io
+    from vitjax.configs import get_config
+    from vitjax.models import create_model, load_checkpoint
+
+    if cfg.num_classes is not None and cfg.num_classes != num_classes:
+        raise ValueError(f"--num-classes {cfg.num_classes} but the data has {num_classes} classes")
+    dtype = {"fp32": jnp.float32, "bf16": jnp.bfloat16}[cfg.precision]
+    overrides = {**cfg.model_args, "num_classes": num_classes}
+    if cfg.img_size:
+        overrides["img_size"] = cfg.img_size
+    init = Path(cfg.init) if cfg.init else None
+    if init is not None and (init / io.CONFIG_NAME).is_file():
+        saved = io.read_config(init)
+        vcfg = ViTConfig.from_dict({**saved["model_config"], **overrides})
+        model = VisionTransformer(vcfg, dtype=dtype)
+        new_head = saved["model_config"].get("num_classes") != num_classes
+        variables = (
+            load_checkpoint(model, init, new_head=new_head, seed=cfg.seed) if weights else None
+        )
+        return model, variables, dict(saved.get("pretrained_cfg") or {})
+    if init is None and not weights:
+        return VisionTransformer(get_config(cfg.model, **overrides), dtype=dtype), None, {}
+    model, variables = create_model(
+        cfg.model, checkpoint_path=init, seed=cfg.seed, dtype=dtype, **overrides
+    )
+    return model, variables, {}
+
+
+def data_config_for(cfg: RunConfig, model: VisionTransformer, pretrained_cfg: dict[str, Any]):
+    """Preprocessing: the init checkpoint's pretrained_cfg, the digits' or timm's ViT defaults."""
+    from vitjax import data
+
+    input_size = (model.cfg.in_chans, *to_2tuple(model.cfg.img_size))
+    if pretrained_cfg:
+        return data.data_config_from_pretrained_cfg(pretrained_cfg, input_size=input_size)
+    if cfg.data is None:  # 8x8 digits: upscale the whole image, no crop
+        return data.DataConfig(
+            input_size=input_size,
+            interpolation="bilinear",
+            mean=DIGITS_MEAN,
+            std=DIGITS_STD,
+            crop_pct=1.0,
+        )
+    return data.DataConfig(input_size=input_size)
+
+
+def make_loaders(cfg: RunConfig, train_ds: Any, val_ds: Any, data_config: Any):
+    """Epoch -> batches functions for training (seeded augmentation) and validation."""
+    from vitjax import data
+
+    if cfg.augment:
+        hflip = cfg.hflip if cfg.hflip is not None else (0.5 if cfg.data else 0.0)
+        train_tf = data.TrainTransform(data_config, scale=tuple(cfg.crop_scale), hflip=hflip)
+    else:
+        train_tf = data.EvalTransform(data_config)
+    eval_tf = data.EvalTransform(data_config)
+
+    def train_data(epoch: int) -> Any:
+        return data.make_loader(
+            train_ds,
+            train_tf,
+            cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed,
+            epoch=epoch,
+            worker_count=cfg.workers,
+        )
+
+    def val_data(epoch: int) -> Any:
+        return data.make_loader(
+            val_ds, eval_tf, cfg.batch_size, shuffle=False, worker_count=cfg.workers
+        )
+
+    return train_data, val_data
+
+
+def make_tx(cfg: RunConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation, Schedule]:
+    """The run's optimizer and its learning-rate schedule (over optimizer steps)."""
+    from vitjax.schedules import make_schedule
+
+    schedule = make_schedule(
+        cfg.schedule,
+        cfg.lr,
+        epochs=cfg.schedule_epochs or cfg.epochs,
+        steps_per_epoch=steps_per_epoch,
+        per_epoch=not cfg.per_step_schedule,
+        **cfg.schedule_args,
+    )
+    wd = cfg.weight_decay
+    if wd is None:
+        wd = 0.01 if cfg.optimizer == "adamw" else 0.0  # torch.optim's defaults
+    tx = make_optimizer(
+        cfg.optimizer,
+        schedule,
+        weight_decay=wd,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        clip_grad=cfg.clip_grad,
+        freeze_backbone=cfg.freeze_backbone,
+    )
+    return tx, schedule
+
+
+def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
+    """A whole run: data, model, fit with per-epoch checkpoints and metrics, final model in OUT."""
+    from vitjax import checkpoint as ck
+    from vitjax.models import count_params, param_shapes, save_pretrained
+
+    maybe_initialize_distributed()
+    mesh = make_mesh()
+    check_batch_size(cfg.batch_size, mesh)
+    cfg = prepare_run_dir(cfg)
+    out = Path(cfg.out)
+    ckpt = ck.Checkpointer(out / ck.CHECKPOINT_DIR, cfg.keep)
+    start = (ckpt.latest_epoch() or 0) if cfg.resume else 0
+    train_ds, val_ds, class_names = load_datasets(cfg)
+    model, variables, pretrained_cfg = build_model(cfg, len(class_names), weights=not start)
+    data_config = data_config_for(cfg, model, pretrained_cfg)
+    train_data, val_data = make_loaders(cfg, train_ds, val_ds, data_config)
+    tx, schedule = make_tx(cfg, steps_per_epoch=-(-len(train_ds) // cfg.batch_size))
+    if variables is None:  # resumed: only the shapes, the checkpoint has the values
+        variables = {"params": param_shapes(model)}
+        state = jax.eval_shape(
+            lambda v: create_train_state(model, v, tx, cfg.label_smoothing), variables
+        )
+    else:
+        state = create_train_state(model, variables, tx, cfg.label_smoothing)
+    _log(
+        f"{cfg.data or 'digits'}: {len(train_ds)} train / {len(val_ds)} val, "
+        f"{len(class_names)} classes; model {count_params(variables):,} params; "
+        f"{mesh.devices.size} device(s) {jax.devices()[0].platform}",
+        cfg,
+    )
+    history = []
+    if start:
+        state, _ = ckpt.restore(state, start)
+        history = [r for r in ck.read_metrics(out / ck.METRICS_NAME) if r["epoch"] <= start]
+        _log(f"resumed from {out / ck.CHECKPOINT_DIR} after epoch {start}", cfg)
+
+    def on_epoch_end(state: TrainState, record: dict[str, Any]) -> None:
+        history.append(record)
+        ckpt.save(record["epoch"], state, {"epoch": record["epoch"]})
+        ck.write_metrics(out / ck.METRICS_NAME, history)
+        _log(format_record(record), cfg)
+
+    try:
+        state, _ = fit(
+            state,
+            train_data,
+            val_data,
+            cfg.epochs,
+            batch_size=cfg.batch_size,
+            rng=jax.random.PRNGKey(cfg.seed),
+            start_epoch=start,
+            lr_schedule=schedule,
+            mesh=mesh,
+            on_epoch_end=on_epoch_end,
+            progress=cfg.progress,
+        )
+    finally:
+        ckpt.close()
+    pretrained_cfg = {
+        **pretrained_cfg,
+        **_pretrained_cfg(data_config),
+        "num_classes": len(class_names),
+        "label_names": list(class_names),
+    }
+    params = jax.device_get(state.params)
+    save_pretrained(out / ck.MODEL_DIR, model, {"params": params}, pretrained_cfg)
+    if history:
+        ck.plot_curves(history, out / ck.CURVES_NAME)
+    return history
+
+
+def _pretrained_cfg(data_config: Any) -> dict[str, Any]:
+    """timm pretrained_cfg entries of a DataConfig."""
+    d = dataclasses.asdict(data_config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

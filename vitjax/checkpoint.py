@@ -1,0 +1,200 @@
+"""Run artefacts: orbax checkpoints of a TrainState, metrics.jsonl, curves.png, run_config.json.
+
+Checkpoints go through orbax's CheckpointManager (atomic: a half-written step is never listed),
+one per epoch, keeping the newest few. Metrics files are rewritten through a temporary file and
+``os.replace``, so a crash leaves either the old or the new file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+
+METRICS_NAME = "metrics.jsonl"
+CURVES_NAME = "curves.png"
+RUN_CONFIG_NAME = "run_config.json"
+CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"
+METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+
+
+class Checkpointer:
+    """Per-epoch orbax checkpoints of a TrainState's step, params and optimizer state."""
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3) -> None:
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+    @staticmethod
+    def _tree(state: Any) -> dict[str, Any]:
+        return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+    def save(self, epoch: int, state: Any, meta: dict[str, Any] | None = None) -> None:
+        """Save the state after `epoch` epochs (asynchronously; atomic on completion)."""
+        args = self._ocp.args
+        self.manager.save(
+            epoch,
+            args=args.Composite(
+                state=args.StandardSave(self._tree(state)), meta=args.JsonSave(meta or {})
+            ),
+        )
+
+    def latest_epoch(self) -> int | None:
+        """The newest complete checkpoint's epoch, or None."""
+        return self.manager.latest_step()
+
+    def restore(self, state: Any, epoch: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """state with step, params and opt_state from the checkpoint (default: newest), and meta."""
+        epoch = self.latest_epoch() if epoch is None else epoch
+        if epoch is None:
+            raise FileNotFoundError(f"{self.manager.directory}: no checkpoint to restore")
+        args = self._ocp.args
+        target = jax.tree_util.tree_map(self._ocp.utils.to_shape_dtype_struct, self._tree(state))
+        got = self.manager.restore(
+            epoch, args=args.Composite(state=args.StandardRestore(target), meta=args.JsonRestore())
+        )
+        tree = got.state
+        return state.replace(
+            step=tree["step"], params=tree["params"], opt_state=tree["opt_state"]
+        ), dict(got.meta or {})
+
+    def close(self) -> None:
+        """Wait for pending saves and release the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write text to path through a temporary file and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _json_number(x: Any) -> Any:
+    """NaN/inf as None so that the file stays strict JSON."""
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def write_metrics(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> Path:
+    """metrics.jsonl: one JSON object per epoch (epoch, lr, train_loss/acc, val_loss/acc)."""
+    lines = [json.dumps({k: _json_number(r[k]) for k in METRIC_KEYS}) for r in records]
+    _write_atomic(Path(path), "".join(line + "\n" for line in lines))
+    return Path(path)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl ([] if it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> Path:
+    """obj as indented JSON, atomically."""
+    _write_atomic(Path(path), json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file, with a clear error naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path}: missing") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """curves.png: loss and accuracy per epoch, train and val (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+
+    def series(key: str) -> list[float]:
+        return [math.nan if r.get(key) is None else r[key] for r in records]
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, what in zip(axes, ("loss", "acc"), strict=True):
+        for split in ("train", "val"):
+            ax.plot(epochs, series(f"{split}_{what}"), marker="o", label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy" if what == "acc" else "loss")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def load_trained(
+    path: str | os.PathLike, model_name: str | None = None, **overrides: Any
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Model, variables and pretrained_cfg from a save_pretrained dir, a run dir or a weight file.
+
+    A weight file (.safetensors, .pth, .npz) needs model_name (and overrides such as num_classes).
+    """
+    from vitjax import io
+    from vitjax.models import create_model, load_pretrained
+
+    path = Path(path)
+    if path.is_dir() and not (path / io.CONFIG_NAME).is_file() and (path / MODEL_DIR).is_dir():
+        path = path / MODEL_DIR  # a scripts/train.py run directory
+    if path.is_dir():
+        model, variables = load_pretrained(path)
+        return model, variables, dict(io.read_config(path).get("pretrained_cfg") or {})
+    if model_name is None:
+        raise ValueError(f"{path}: a weight file needs the model name (--model)")
+    model, variables = create_model(model_name, checkpoint_path=path, **overrides)
+    return model, variables, {}
+
+
+def predict_files(
+    model: Any,
+    variables: dict[str, Any],
+    pretrained_cfg: dict[str, Any],
+    paths: Sequence[str | os.PathLike],
+    topk: int = 5,
+    batch_size: int = 32,
+) -> list[list[tuple[str, float]]]:
+    """Top-k (label, probability) per image file, with the model's eval preprocessing."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vitjax import data
+    from vitjax.configs import to_2tuple
+
+    cfg = model.cfg
+    input_size = (cfg.in_chans, *to_2tuple(cfg.img_size))
+    transform = data.EvalTransform(
+        data.data_config_from_pretrained_cfg(pretrained_cfg, input_size=input_size)
+    )
+    names = list(pretrained_cfg.get("label_names") or range(cfg.num_classes))
+    apply = jax.jit(lambda x: jax.nn.softmax(model.apply(variables, x).astype(jnp.float32)))
+    results = []
+    for i in range(0, len(paths), batch_size):
+        chunk = paths[i : i + batch_size]
+        x = np.stack([transform(data.read_image(p)) for p in chunk])
+        probs = np.asarray(apply(x))
+        for row in probs:
+            top = np.argsort(-row)[:topk]
+            results.append([(str(names[j]), float(row[j])) for j in top])
+    return results
