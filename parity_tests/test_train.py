@@ -7,7 +7,6 @@ final parameter must agree at the 'float32' tolerance. The configs are tiny (fas
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -18,7 +17,7 @@ from parity_tests.parity import assert_close
 from vitjax import convert, schedules
 from vitjax import train as jtrain
 from vitjax.configs import ViTConfig, get_config
-from vitjax.models import variables_from_state_dict
+from vitjax.models import init_variables, variables_from_state_dict
 from vitjax.vit import VisionTransformer
 from vittorch import train as ttrain
 
@@ -27,11 +26,21 @@ CONFIGS = {
     # the notebook's block (no qkv bias, eps 1e-5) at a width that keeps the tests fast
     "tutorial_narrow": get_config("vit_tutorial_patch16_32", depth=2, embed_dim=64, num_heads=4),
     # non-square, register token, LayerScale, avg pool + fc_norm, odd widths
-    "odd_reg_ls": ViTConfig(img_size=(24, 40), patch_size=8, embed_dim=36, depth=2, num_heads=3,
-                            mlp_ratio=2.0, reg_tokens=1, init_values=0.1, global_pool="avg",
-                            num_classes=5),
-    "distilled": ViTConfig(img_size=16, patch_size=8, embed_dim=24, depth=2, num_heads=2,
-                           distilled=True, num_classes=3),
+    "odd_reg_ls": ViTConfig(
+        img_size=(24, 40),
+        patch_size=8,
+        embed_dim=36,
+        depth=2,
+        num_heads=3,
+        mlp_ratio=2.0,
+        reg_tokens=1,
+        init_values=0.1,
+        global_pool="avg",
+        num_classes=5,
+    ),
+    "distilled": ViTConfig(
+        img_size=16, patch_size=8, embed_dim=24, depth=2, num_heads=2, distilled=True, num_classes=3
+    ),
 }
 
 
@@ -74,13 +83,12 @@ def run_jax(model, variables, tx, batches, label_smoothing=0.0):
     return np.array(losses), state
 
 
-def compare_params(state, net, name: str, exact_keys=()) -> float:
+def compare_params(state, net, name: str, exact_keys=(), dtype: str = "float32") -> float:
     """assert_close every parameter (timm keys); return the max |diff|."""
     got = convert.flax_to_torch(jax.device_get(state.params))
     worst = 0.0
     for k, v in net.state_dict().items():
-        dtype = "exact" if k in exact_keys else "float32"
-        rep = assert_close(got[k], v, f"{name}: {k}", dtype=dtype)
+        rep = assert_close(got[k], v, f"{name}: {k}", dtype="exact" if k in exact_keys else dtype)
         worst = max(worst, rep["max"])
     return worst
 
@@ -97,7 +105,7 @@ def test_train_step_adam_cosine_matches_torch(config):
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5, eta_min=1e-4)
     loss_fn, t_losses = torch.nn.CrossEntropyLoss(), []
     for e in range(epochs):
-        epoch = [to_torch(b) for b in batches[e * steps_per_epoch:(e + 1) * steps_per_epoch]]
+        epoch = [to_torch(b) for b in batches[e * steps_per_epoch : (e + 1) * steps_per_epoch]]
         t_losses += ttrain.train_one_epoch(net, epoch, loss_fn, opt)["losses"]
         sched.step()
 
@@ -119,8 +127,9 @@ def test_train_step_adamw_matches_torch(config):
     groups = ttrain.param_groups_weight_decay(net, 0.05)
     opt = torch.optim.AdamW(groups, lr=2e-3)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    t_losses = ttrain.train_one_epoch(net, [to_torch(b) for b in batches], loss_fn, opt,
-                                      clip_grad=0.5)["losses"]
+    t_losses = ttrain.train_one_epoch(
+        net, [to_torch(b) for b in batches], loss_fn, opt, clip_grad=0.5
+    )["losses"]
 
     tx = jtrain.make_optimizer("adamw", 2e-3, weight_decay=0.05, clip_grad=0.5)
     j_losses, state = run_jax(model, variables, tx, batches, label_smoothing=0.1)
@@ -152,10 +161,10 @@ def test_train_step_sgd_nesterov_matches_torch(config):
     cfg = CONFIGS[config]
     batches = make_batches(cfg, 20, 4, seed=3)
     net, model, variables = make_pair(cfg)
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True,
-                          weight_decay=1e-4)
-    t_losses = ttrain.train_one_epoch(net, [to_torch(b) for b in batches],
-                                      torch.nn.CrossEntropyLoss(), opt)["losses"]
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    t_losses = ttrain.train_one_epoch(
+        net, [to_torch(b) for b in batches], torch.nn.CrossEntropyLoss(), opt
+    )["losses"]
     tx = jtrain.make_optimizer("sgd", 0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
     j_losses, state = run_jax(model, variables, tx, batches)
     rep = assert_close(j_losses, np.array(t_losses), f"{config}: per-step loss")
@@ -171,8 +180,9 @@ def test_train_step_frozen_backbone_matches_torch(config):
     net, model, variables = make_pair(cfg)
     ttrain.freeze_backbone(net)
     opt = ttrain.make_optimizer(net, "adam", 1e-2, weight_decay=1e-4)
-    t_losses = ttrain.train_one_epoch(net, [to_torch(b) for b in batches],
-                                      torch.nn.CrossEntropyLoss(), opt)["losses"]
+    t_losses = ttrain.train_one_epoch(
+        net, [to_torch(b) for b in batches], torch.nn.CrossEntropyLoss(), opt
+    )["losses"]
 
     tx = jtrain.make_optimizer("adam", 1e-2, weight_decay=1e-4, freeze_backbone=True)
     j_losses, state = run_jax(model, variables, tx, batches)
@@ -201,7 +211,7 @@ def test_fit_matches_torch():
 
         def __iter__(self):
             self.e += 1
-            return iter([to_torch(b) for b in batches[self.e * 4:(self.e + 1) * 4]])
+            return iter([to_torch(b) for b in batches[self.e * 4 : (self.e + 1) * 4]])
 
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5, eta_min=1e-4)
@@ -209,20 +219,36 @@ def test_fit_matches_torch():
 
     schedule = schedules.per_step(schedules.cosine_annealing_lr(lr, 5, 1e-4), 4)
     state = jtrain.create_train_state(model, variables, jtrain.make_optimizer("adam", schedule))
-    state, j_hist = jtrain.fit(state, lambda e: batches[e * 4:(e + 1) * 4], lambda e: val,
-                               epochs, batch_size=5, lr_schedule=schedule)
+    state, j_hist = jtrain.fit(
+        state,
+        lambda e: batches[e * 4 : (e + 1) * 4],
+        lambda e: val,
+        epochs,
+        batch_size=5,
+        lr_schedule=schedule,
+    )
     for key in ("lr", "train_loss", "train_acc", "val_loss", "val_acc"):
-        assert_close(np.array([r[key] for r in j_hist]), np.array([r[key] for r in t_hist]),
-                     f"fit {key}")
+        assert_close(
+            np.array([r[key] for r in j_hist]), np.array([r[key] for r in t_hist]), f"fit {key}"
+        )
     compare_params(state, net, "fit")
 
 
 def test_train_step_dropout_is_seeded():
     """Dropout and drop-path draw from (rng, step): same rng, same result; training mode is on."""
-    cfg = ViTConfig(img_size=16, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=3,
-                    drop_rate=0.3, proj_drop_rate=0.2, drop_path_rate=0.2)
+    cfg = ViTConfig(
+        img_size=16,
+        patch_size=8,
+        embed_dim=24,
+        depth=2,
+        num_heads=2,
+        num_classes=3,
+        drop_rate=0.3,
+        proj_drop_rate=0.2,
+        drop_path_rate=0.2,
+    )
     model = VisionTransformer(cfg)
-    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+    variables = init_variables(model)
     batch = make_batches(cfg, 1, 4, seed=7)[0]
     tx = jtrain.make_optimizer("sgd", 0.1, momentum=0.0)
 
