@@ -278,3 +278,14 @@ def test_padded_batch_gives_the_same_step():
     assert float(m2["count"]) == 3
     assert_close(m2["loss"], m1["loss"], "padded loss")
     jax.tree_util.tree_map(lambda a, b: assert_close(a, b, "padded params"), s2.params, s1.params)
+
+
+def test_fit_refuses_a_nan_loss():
+    """A non-finite training loss stops fit with an error naming the epoch and the lr."""
+    cfg = CONFIGS["distilled"]
+    _, model, variables = make_pair(cfg)
+    bad = make_batches(cfg, 1, 4, seed=10)
+    bad[0]["image"][0, 0, 0, 0] = np.nan
+    state = jtrain.create_train_state(model, variables, jtrain.make_optimizer("sgd", 0.1))
+    with pytest.raises(FloatingPointError, match="epoch 1: training loss is nan"):
+        jtrain.fit(state, lambda e: bad, None, 1, batch_size=4, lr_schedule=lambda t: 0.1)

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Train a ViT in JAX on an image folder (or the embedded digits); thin CLI over vitjax.train.
 
-Defaults are the digits demo (`make demo`). Writes OUT/metrics.jsonl, OUT/curves.png,
-OUT/checkpoints/ (orbax, every epoch) and OUT/model/ (save_pretrained: config.json +
-model.safetensors, timm keys).
+No --data: the embedded digits (`make demo` adds its small model and recipe). Uses every visible
+device (data parallel; --batch-size must divide by their number). Writes OUT/metrics.jsonl,
+OUT/curves.png, OUT/checkpoints/ (orbax, every epoch) and OUT/model/ (save_pretrained:
+config.json + model.safetensors, timm keys).
 """
 
 from __future__ import annotations

@@ -386,7 +386,7 @@ DIGITS_MEAN = DIGITS_STD = (0.5, 0.5, 0.5)
 
 @dataclass
 class RunConfig:
-    """Every option of a training run; scripts/train.py's flags, defaults = the digits demo."""
+    """Every option of a training run: scripts/train.py's flags, with its defaults."""
 
     out: str = "runs/train"
     data: str | None = None
