@@ -52,13 +52,23 @@ class Checkpointer:
         """The newest complete checkpoint's epoch, or None."""
         return self.manager.latest_step()
 
-    def restore(self, state: Any, epoch: int | None = None) -> tuple[Any, dict[str, Any]]:
-        """state with step, params and opt_state from the checkpoint (default: newest), and meta."""
+    def restore(
+        self, state: Any, epoch: int | None = None, sharding: Any = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """state (arrays or shapes) filled from the checkpoint (default: newest), and its meta.
+
+        sharding (e.g. replicated over a mesh) places the restored arrays; default: as in state.
+        """
         epoch = self.latest_epoch() if epoch is None else epoch
         if epoch is None:
             raise FileNotFoundError(f"{self.manager.directory}: no checkpoint to restore")
         args = self._ocp.args
-        target = jax.tree_util.tree_map(self._ocp.utils.to_shape_dtype_struct, self._tree(state))
+
+        def abstract(x: Any) -> jax.ShapeDtypeStruct:
+            s = sharding if sharding is not None else getattr(x, "sharding", None)
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+
+        target = jax.tree_util.tree_map(abstract, self._tree(state))
         got = self.manager.restore(
             epoch, args=args.Composite(state=args.StandardRestore(target), meta=args.JsonRestore())
         )

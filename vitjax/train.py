@@ -616,6 +616,12 @@ def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
     check_batch_size(cfg.batch_size, mesh)
     cfg = prepare_run_dir(cfg)
     out = Path(cfg.out)
+    if cfg.epochs > (cfg.schedule_epochs or cfg.epochs):
+        _log(
+            f"note: the lr schedule keeps the run's original horizon of {cfg.schedule_epochs} "
+            "epochs (set it with --t-max/--step-size when starting a run)",
+            cfg,
+        )
     ckpt = ck.Checkpointer(out / ck.CHECKPOINT_DIR, cfg.keep)
     start = (ckpt.latest_epoch() or 0) if cfg.resume else 0
     train_ds, val_ds, class_names = load_datasets(cfg)
@@ -638,7 +644,7 @@ def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
     )
     history = []
     if start:
-        state, _ = ckpt.restore(state, start)
+        state, _ = ckpt.restore(state, start, sharding=NamedSharding(mesh, PartitionSpec()))
         history = [r for r in ck.read_metrics(out / ck.METRICS_NAME) if r["epoch"] <= start]
         _log(f"resumed from {out / ck.CHECKPOINT_DIR} after epoch {start}", cfg)
 
