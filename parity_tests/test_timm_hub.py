@@ -8,9 +8,13 @@ tmp_path; HF_HUB_CACHE points at it and the hub is offline. timm itself loads fr
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import huggingface_hub
+import numpy as np
 import pytest
 import timm
 from safetensors.torch import save_file
@@ -129,3 +133,62 @@ def test_save_pretrained_stores_timms_pretrained_cfg(tmp_path):
     cfg = json.loads((tmp_path / "ft" / "config.json").read_text())["pretrained_cfg"]
     assert cfg["num_classes"] == 3 and cfg["input_size"] == [3, 96, 96]
     assert "label_names" not in cfg
+
+
+NO_TORCH = """
+import sys, numpy as np
+
+
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "timm"):
+            raise ImportError(f"{name} is blocked in this test")
+
+
+sys.meta_path.insert(0, _Blocked())
+import jax
+jax.config.update("jax_default_matmul_precision", "highest")
+import vitjax
+x = np.load(sys.argv[1])
+out = {}
+for key, name, path, kw in [
+    ("ckpt", "deit3_small_patch16_224", sys.argv[2], dict(depth=2, img_size=160)),
+    ("npz", "vit_tiny_patch16_224", sys.argv[3], dict(depth=2)),
+    ("hub", "deit_tiny_patch16_224", None, dict(depth=1)),
+]:
+    model, variables = vitjax.create_model(name, path is None, path, **kw)
+    size = vitjax.configs.to_2tuple(model.cfg.img_size)
+    out[key] = np.asarray(model.apply(variables, x[:, : size[0], : size[1]]))
+assert "torch" not in sys.modules and "timm" not in sys.modules
+np.savez(sys.argv[4], **out)
+"""
+
+
+def test_vitjax_reads_timm_files_without_torch(offline_cache, tmp_path):
+    from vitjax.timm_verify import save_timm_checkpoint
+
+    deit3 = make_timm("deit3_small_patch16_224", depth=2)
+    d3 = save_timm_checkpoint(deit3, tmp_path / "d3", "safetensors")
+    deit3_160 = timm.create_model(
+        "deit3_small_patch16_224", pretrained=True, depth=2, img_size=160,
+        pretrained_cfg_overlay=dict(file=str(d3)),
+    ).eval()  # fmt: skip
+    tiny = make_timm("vit_tiny_patch16_224", depth=2)
+    save_timm_checkpoint(tiny, tmp_path / "tiny", "npz_vit_jax")
+    deit = make_timm("deit_tiny_patch16_224", depth=1)
+    lay_out_cache(offline_cache, "timm/deit_tiny_patch16_224.fb_in1k", {"model.safetensors": deit})
+    x = images(tiny)
+    np.save(tmp_path / "x.npy", x)
+    script = tmp_path / "no_torch.py"
+    script.write_text(NO_TORCH)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).parents[1]))
+    args = [sys.executable, str(script), str(tmp_path / "x.npy"), str(tmp_path / "d3.safetensors"),
+            str(tmp_path / "tiny.npz"), str(tmp_path / "out.npz")]  # fmt: skip
+    run = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    assert_close(
+        out["ckpt"], timm_forward(deit3_160, x[:, :160, :160])[0], "no-torch .safetensors @160"
+    )
+    assert_close(out["npz"], timm_forward(tiny, x)[0], "no-torch .npz")
+    assert_close(out["hub"], timm_forward(deit, x)[0], "no-torch pretrained=True")

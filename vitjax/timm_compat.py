@@ -22,6 +22,15 @@ _LAYER_NORMS = ("LayerNorm",)
 _RMS_NORMS = ("RmsNorm",)
 
 
+# Other timm ViT classes, and what they have that VisionTransformer does not.
+_OTHER_CLASSES = {
+    "Eva": "rotary position embeddings, SwiGLU: EVA, DINOv3, PE, RoPE ViTs",
+    "VisionTransformerRelPos": "relative-position attention bias",
+    "VisionTransformerSAM": "windowed attention, relative positions",
+    "NaFlexVit": "variable-resolution NaFlex embedding",
+}
+
+
 class UnsupportedModelError(ValueError):
     """A timm model (or part of one) that vitjax does not mirror; says which part."""
 
@@ -175,7 +184,7 @@ def config_from_timm(model: Any) -> ViTConfig:
     name = _cls(model)
     _require(
         name in ("VisionTransformer", "VisionTransformerDistilled"),
-        f"model class {name} (relative-position, EVA/RoPE, hybrid or other ViT classes)",
+        f"model class {name} ({_OTHER_CLASSES.get(name, 'another ViT class')})",
     )
     _require(_is_identity(getattr(model, "patch_drop", None)), "patch_drop (patch dropout)")
     _require(len(model.blocks) > 0, "a model with no blocks")

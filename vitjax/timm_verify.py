@@ -209,3 +209,48 @@ def verify_conversion(
             if ckpt_classes == cfg.num_classes:  # same head (not a fresh one)
                 out["checkpoint"]["logits"] = max_diff(j_logits, o_logits)
     return out
+
+
+def timm_vit_names() -> list[str]:
+    """Every timm name the coverage table lists: vit_*, deit* and test_vit*."""
+    import timm
+
+    return [n for p in ("vit_*", "deit*", "test_vit*") for n in timm.list_models(p)]
+
+
+def coverage_row(name: str, full_depth: bool = False, workdir: Any = None) -> dict[str, Any]:
+    """One coverage-table row: timm class, converts or why not, and max |diff| on the logits."""
+    import time
+    import warnings
+
+    import timm
+    import torch
+
+    from vitjax.configs import VARIANTS, get_config
+    from vitjax.timm_compat import UnsupportedModelError, config_from_timm
+
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        try:
+            meta = timm.create_model(name, pretrained=False, depth=1)
+        except Exception:  # a class without a (free) depth argument
+            meta = timm.create_model(name, pretrained=False)
+    row: dict[str, Any] = {"name": name, "class": type(meta).__name__}
+    try:
+        cfg = config_from_timm(meta)
+    except UnsupportedModelError as e:
+        return {**row, "converts": False, "note": str(e).replace(" is not supported by vitjax", "")}
+    if name not in VARIANTS or get_config(name, depth=1) != cfg:
+        return {**row, "converts": False, "note": "VARIANTS row differs from timm"}
+    full = get_config(name)
+    kwargs = {} if full_depth or full.depth <= 2 else {"depth": 2}
+    batch = 1 if full.num_patches > 1024 else 2
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = check_name(name, "safetensors", batch=batch, workdir=workdir, **kwargs)
+    return {
+        **row, "converts": True, "depth": kwargs.get("depth", full.depth), "of": full.depth,
+        "img_size": full.img_size, "batch": batch, "logits": r["logits"],
+        "pre_logits": r["pre_logits"], "seconds": time.perf_counter() - start,
+    }  # fmt: skip
