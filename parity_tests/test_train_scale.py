@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from parity_tests.parity import assert_close
-from parity_tests.test_train import compare_params, make_batches, make_pair, to_torch
+from parity_tests.test_train import compare_params, make_batches, make_pair, report, to_torch
 from vitjax import train as jtrain
 from vitjax.configs import ViTConfig
 from vittorch import train as ttrain
@@ -98,7 +98,7 @@ def test_data_parallel_matches_one_device():
         assert_close(np.array(a), np.array(b), f"4-device param {i}")["max"]
         for i, (a, b) in enumerate(zip(four["params"], one["params"], strict=True))
     )
-    print(f"\ndata parallel: loss max|diff| {rep['max']:.2e}, params max|diff| {worst:.2e}")
+    report("data parallel (4 vs 1 devices)", rep, worst)
 
 
 @pytest.mark.parametrize("config", ["tiny_bf16"])
@@ -135,4 +135,4 @@ def test_train_step_bf16_matches_torch(config):
         np.array(j_losses), np.array(t_losses), "bf16 per-step loss", dtype="bfloat16"
     )
     worst = compare_params(state, net, config, dtype="bfloat16")
-    print(f"\nbf16: loss max|diff| {rep['max']:.2e}, params max|diff| {worst:.2e}")
+    report("bf16 vs torch autocast", rep, worst)
