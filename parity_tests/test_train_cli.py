@@ -102,6 +102,8 @@ def test_run_dir_guards(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         prepare_run_dir(RunConfig(out=str(tmp_path / "none"), resume=True))
     prepare_run_dir(RunConfig(out=str(tmp_path / "run")))
+    prepare_run_dir(RunConfig(out=str(tmp_path / "run")))  # nothing trained yet: start again
+    (tmp_path / "run" / ck.CHECKPOINT_DIR / "1").mkdir(parents=True)
     with pytest.raises(FileExistsError, match="--resume"):
         prepare_run_dir(RunConfig(out=str(tmp_path / "run")))
     prepare_run_dir(RunConfig(out=str(tmp_path / "run"), overwrite=True))

@@ -472,7 +472,9 @@ def prepare_run_dir(cfg: RunConfig) -> RunConfig:
                 )
         cfg = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES})
     else:
-        if (saved_path.exists() or (out / ck.CHECKPOINT_DIR).exists()) and not cfg.overwrite:
+        ckpts = out / ck.CHECKPOINT_DIR
+        trained = (ckpts.is_dir() and any(ckpts.iterdir())) or (out / ck.MODEL_DIR).exists()
+        if trained and not cfg.overwrite:  # a run that failed before its first epoch is no loss
             raise FileExistsError(
                 f"{out} already holds a run: pass --resume to continue it, "
                 "--overwrite to replace it, or another --out"
