@@ -30,9 +30,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     overrides = {"num_classes": args.num_classes} if args.num_classes else {}
-    model, variables, pretrained_cfg = load_trained(args.model_path, args.model, **overrides)
-    topk = min(args.topk, model.cfg.num_classes)
-    tops = predict_files(model, variables, pretrained_cfg, args.images, topk)
+    try:
+        model, variables, pretrained_cfg = load_trained(args.model_path, args.model, **overrides)
+        topk = min(args.topk, model.cfg.num_classes)
+        tops = predict_files(model, variables, pretrained_cfg, args.images, topk)
+    except (OSError, ValueError) as e:  # unreadable image or checkpoint: the message names it
+        raise SystemExit(f"predict.py: error: {e}") from e
     for path, top in zip(args.images, tops, strict=True):
         print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
 

@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     args["schedule_args"] = {k: args.pop(k) for k in SCHEDULE_ARGS if args[k] is not None}
     for k in SCHEDULE_ARGS:
         args.pop(k, None)
-    train_and_evaluate(RunConfig(**args))
+    try:
+        train_and_evaluate(RunConfig(**args))
+    except (OSError, ValueError, FloatingPointError) as e:  # bad input: the message names it
+        raise SystemExit(f"train.py: error: {e}") from e
 
 
 if __name__ == "__main__":

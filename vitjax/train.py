@@ -421,6 +421,15 @@ class RunConfig:
     resume: bool = False
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "keep"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={self.precision!r}: expected 'fp32' or 'bf16'")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""
         d = dataclasses.asdict(self)
