@@ -53,6 +53,7 @@ OPTIONS = {
     "mlp_ratio_2.7": dict(mlp_ratio=2.7),
     "embed_norm": dict(embed_norm_layer="layernorm"),
     "rect_img_and_patch": dict(img_size=(32, 48), patch_size=(8, 16)),
+    "img_not_divisible_floors": dict(img_size=(36, 30)),  # as so400m_patch14 at 384 px
     "headless": dict(num_classes=0),
     "eval_with_drop_rates": dict(drop_rate=0.1, pos_drop_rate=0.1, proj_drop_rate=0.1,
                                  attn_drop_rate=0.1, drop_path_rate=0.2),

@@ -83,7 +83,7 @@ class PatchEmbed(nn.Module):
             raise ValueError(f"input size {(H, W)} does not match the model's {cfg.img_size}")
         if cfg.dynamic_img_pad:
             x = jnp.pad(x, ((0, 0), (0, (ph - H % ph) % ph), (0, (pw - W % pw) % pw), (0, 0)))
-        elif H % ph or W % pw:
+        elif cfg.dynamic_img_size and (H % ph or W % pw):  # fixed sizes floor, like timm
             raise ValueError(f"input size {(H, W)} is not divisible by patch size {(ph, pw)}")
         x = self.proj(x)  # (B, gh, gw, D)
         if not cfg.dynamic_img_size:

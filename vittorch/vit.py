@@ -89,7 +89,7 @@ class PatchEmbed(nn.Module):
             raise ValueError(f"input size {(H, W)} does not match the model's {self.img_size}")
         if self.dynamic_img_pad:
             x = F.pad(x, (0, (pw - W % pw) % pw, 0, (ph - H % ph) % ph))
-        elif H % ph or W % pw:
+        elif self.dynamic and (H % ph or W % pw):  # fixed sizes floor, like timm
             raise ValueError(f"input size {(H, W)} is not divisible by patch size {(ph, pw)}")
         x = self.proj(x)  # (B, D, gh, gw)
         x = x.permute(0, 2, 3, 1)  # (B, gh, gw, D)
