@@ -248,7 +248,10 @@ def coverage_row(name: str, full_depth: bool = False, workdir: Any = None) -> di
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = check_name(name, "safetensors", batch=batch, workdir=workdir, **kwargs)
+        try:
+            r = check_name(name, "safetensors", batch=batch, workdir=workdir, **kwargs)
+        except Exception as e:  # a failure is a row of the table, not the end of the run
+            return {**row, "converts": False, "note": f"error: {type(e).__name__}: {e}"}
     return {
         **row, "converts": True, "depth": kwargs.get("depth", full.depth), "of": full.depth,
         "img_size": full.img_size, "batch": batch, "logits": r["logits"],
