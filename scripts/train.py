@@ -91,6 +91,11 @@ def parser() -> argparse.ArgumentParser:
         help="random resized crop area range",
     )
     a("--val-fraction", type=float, default=d.val_fraction)
+    a(
+        "--skip-bad",
+        action="store_true",
+        help="skip (and count) unreadable images instead of failing on the first",
+    )
     a("--seed", type=int, default=d.seed)
     a("--workers", type=int, default=d.workers, help="grain worker processes (0: in-process)")
     a(
@@ -118,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
         train_and_evaluate(RunConfig(**args))
     except (OSError, ValueError, FloatingPointError) as e:  # bad input: the message names it
         raise SystemExit(f"train.py: error: {e}") from e
+    except KeyboardInterrupt as e:  # Ctrl-C: the last epoch's checkpoint is saved
+        print(f"train.py: {e or 'interrupted'}", file=sys.stderr)
+        raise SystemExit(130) from e
 
 
 if __name__ == "__main__":

@@ -77,6 +77,10 @@ class Checkpointer:
             step=tree["step"], params=tree["params"], opt_state=tree["opt_state"]
         ), dict(got.meta or {})
 
+    def wait(self) -> None:
+        """Block until pending (asynchronous) saves are complete."""
+        self.manager.wait_until_finished()
+
     def close(self) -> None:
         """Wait for pending saves and release the manager."""
         self.manager.wait_until_finished()
@@ -208,3 +212,15 @@ def predict_files(
             top = np.argsort(-row)[:topk]
             results.append([(str(names[j]), float(row[j])) for j in top])
     return results
+
+
+def check_free_space(directory: str | os.PathLike, needed: int) -> None:
+    """Raise OSError naming directory when its disk has less than `needed` bytes free."""
+    import shutil
+
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise OSError(
+            f"{directory}: only {free / 2**20:.1f} MiB free on its disk; the run's checkpoints "
+            f"need about {needed / 2**20:.1f} MiB (free space, lower --keep, or another --out)"
+        )

@@ -12,6 +12,8 @@ import dataclasses
 import math
 import os
 import shutil
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -413,6 +415,7 @@ class RunConfig:
     hflip: float | None = None
     crop_scale: tuple[float, float] = (0.08, 1.0)
     val_fraction: float = 0.3
+    skip_bad: bool = False
     seed: int = 0
     workers: int = 0
     precision: str = "fp32"
@@ -422,9 +425,13 @@ class RunConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "keep"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("epochs", "batch_size", "keep", "img_size", "num_classes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be >= 1")
+        for name in ("lr", "workers", "label_smoothing"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}")
         if self.precision not in ("fp32", "bf16"):
@@ -501,7 +508,12 @@ def load_datasets(cfg: RunConfig) -> tuple[Any, Any, tuple[str, ...]]:
     """Seeded (train, val) split of the image folder, or of the embedded digits."""
     from vitjax import data
 
-    full = data.ImageDataset.from_folder(cfg.data) if cfg.data else data.load_digits_dataset()
+    if cfg.data:
+        full = data.ImageDataset.from_folder(cfg.data, skip_bad=cfg.skip_bad)
+        if full.num_skipped:
+            _log(f"skipped {full.num_skipped} unreadable images (--skip-bad)", cfg)
+    else:
+        full = data.load_digits_dataset()
     train_idx, val_idx = data.split_indices(len(full), cfg.val_fraction, cfg.seed)
     return full.subset(train_idx), full.subset(val_idx), full.class_names
 
@@ -659,26 +671,37 @@ def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
         history = [r for r in ck.read_metrics(out / ck.METRICS_NAME) if r["epoch"] <= start]
         _log(f"resumed from {out / ck.CHECKPOINT_DIR} after epoch {start}", cfg)
 
+    ck.check_free_space(out, _checkpoint_bytes(state) * (cfg.keep + 2))
+    stop = _StopRequest(cfg)
+
     def on_epoch_end(state: TrainState, record: dict[str, Any]) -> None:
         history.append(record)
         ckpt.save(record["epoch"], state, {"epoch": record["epoch"]})
         ck.write_metrics(out / ck.METRICS_NAME, history)
         _log(format_record(record), cfg)
+        if stop.requested and record["epoch"] < cfg.epochs:
+            raise TrainingInterrupted(f"interrupted after epoch {record['epoch']}")
 
     try:
-        state, _ = fit(
-            state,
-            train_data,
-            val_data,
-            cfg.epochs,
-            batch_size=cfg.batch_size,
-            rng=jax.random.PRNGKey(cfg.seed),
-            start_epoch=start,
-            lr_schedule=schedule,
-            mesh=mesh,
-            on_epoch_end=on_epoch_end,
-            progress=cfg.progress,
-        )
+        with stop:
+            state, _ = fit(
+                state,
+                train_data,
+                val_data,
+                cfg.epochs,
+                batch_size=cfg.batch_size,
+                rng=jax.random.PRNGKey(cfg.seed),
+                start_epoch=start,
+                lr_schedule=schedule,
+                mesh=mesh,
+                on_epoch_end=on_epoch_end,
+                progress=cfg.progress,
+            )
+    except (KeyboardInterrupt, FloatingPointError) as e:
+        ckpt.wait()  # the pending save completes: the last good epoch stays loadable
+        if history:
+            ck.plot_curves(history, out / ck.CURVES_NAME)
+        raise _stopped(e, ckpt.latest_epoch(), out) from None
     finally:
         ckpt.close()
     pretrained_cfg = {
@@ -692,6 +715,52 @@ def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
     if history:
         ck.plot_curves(history, out / ck.CURVES_NAME)
     return history
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a run; the message says what was kept and how to resume."""
+
+
+class _StopRequest:
+    """While active, a first SIGINT asks the run to stop after the epoch (its checkpoint saved);
+    a second one interrupts at once. Only in the main thread (signals go there)."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg, self.requested, self._old = cfg, False, None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        _log("Ctrl-C: stopping after this epoch's checkpoint (Ctrl-C again: stop now)", self.cfg)
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _checkpoint_bytes(state: Any) -> int:
+    """Bytes of a TrainState's params and optimizer state (what one checkpoint holds)."""
+    leaves = jax.tree_util.tree_leaves((state.params, state.opt_state))
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in leaves)
+
+
+def _stopped(err: BaseException, last: int | None, out: Path) -> BaseException:
+    """err, its message extended with the checkpoint kept (epoch last) and how to continue."""
+    kept = (
+        f"last good checkpoint: epoch {last} in {out / 'checkpoints'} (continue with --resume)"
+        if last
+        else "no checkpoint was written yet"
+    )
+    reason = str(err) or "interrupted (Ctrl-C)"
+    if isinstance(err, FloatingPointError):
+        return FloatingPointError(f"{reason}; {kept}")
+    return TrainingInterrupted(f"{reason}; {kept}")
 
 
 def _pretrained_cfg(data_config: Any) -> dict[str, Any]:
