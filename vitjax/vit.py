@@ -33,7 +33,95 @@ def make_norm(cfg: ViTConfig, dtype: Dtype, name: str | None = None) -> nn.Modul
     """Norm layer of the config's kind and eps (exact two-pass variance, like torch)."""
     if cfg.norm_layer == "rmsnorm":
         return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=dtype, name=name)
-    return nn.LayerNorm(epsilon=cfg.norm_eps, use_fast_variance=False, dtype=dtype, name=name)
+    return LayerNorm(epsilon=cfg.norm_eps, dtype=dtype, name=name)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis: flax's params (scale, bias), torch's two-pass variance.
+
+    The formula of ``nn.LayerNorm(use_fast_variance=False)``, written out because XLA fuses this
+    form's backward far better on CPU (docs/benchmarks/README.md).
+    """
+
+    epsilon: float = 1e-6
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        C = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (C,))
+        bias = self.param("bias", nn.initializers.zeros, (C,))
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics in at least fp32
+        xc = x - x.mean(axis=-1, keepdims=True)
+        var = (xc * xc).mean(axis=-1, keepdims=True)
+        return (xc * jax.lax.rsqrt(var + self.epsilon) * scale + bias).astype(self.dtype)
+
+
+@jax.custom_vjp
+def _matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x @ kernel over the last axis of x (reverse-mode only: custom_vjp has no forward mode)."""
+    return x @ kernel
+
+
+def _matmul_fwd(x: jax.Array, kernel: jax.Array):
+    return x @ kernel, (x, kernel)
+
+
+def _matmul_bwd(res, g: jax.Array):
+    # The weight gradient contracts 2-D (tokens, features) operands. Autodiff's form leads XLA's
+    # CPU backend to materialise a transposed copy of g and to fuse (and so recompute) the whole
+    # residual-gradient chain into each such copy; this form does neither.
+    x, kernel = res
+    x2 = x.reshape(-1, x.shape[-1])  # (B*N, C_in)
+    g2 = g.reshape(-1, g.shape[-1])  # (B*N, C_out)
+    return g @ kernel.T, jnp.einsum("mk,mn->kn", x2, g2)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+class Dense(nn.Module):
+    """nn.Dense's params and numbers (kernel (in, out), bias), with a CPU-friendly gradient."""
+
+    features: int
+    use_bias: bool = True
+    kernel_init: Any = dense_init
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        y = _matmul(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+        return y
+
+
+class PatchConv(nn.Module):
+    """nn.Conv with kernel == stride and VALID padding, as one matmul over flattened patches.
+
+    Same params (kernel (ph, pw, C, D), bias) and init as nn.Conv; a size the patch does not
+    divide is floored, as the convolution does.
+    """
+
+    features: int
+    patch: tuple[int, int]
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        B, H, W, C = x.shape
+        ph, pw = self.patch
+        gh, gw = H // ph, W // pw
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (ph, pw, C, self.features))
+        x = x[:, : gh * ph, : gw * pw].reshape(B, gh, ph, gw, pw, C)  # (B, gh, ph, gw, pw, C)
+        x = x.transpose(0, 1, 3, 2, 4, 5).reshape(B, gh, gw, ph * pw * C)  # (B, gh, gw, P)
+        kernel = kernel.reshape(ph * pw * C, self.features)  # (P, D)
+        y = _matmul(x.astype(self.dtype), kernel.astype(self.dtype))  # (B, gh, gw, D)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+        return y
 
 
 def resample_abs_pos_embed(
@@ -57,7 +145,7 @@ def resample_abs_pos_embed(
 
 
 class PatchEmbed(nn.Module):
-    """Image to patch tokens with one strided convolution."""
+    """Image to patch tokens with one strided convolution (computed as a matmul)."""
 
     cfg: ViTConfig
     dtype: Dtype = jnp.float32
@@ -65,14 +153,7 @@ class PatchEmbed(nn.Module):
     def setup(self) -> None:
         cfg = self.cfg
         patch = to_2tuple(cfg.patch_size)
-        self.proj = nn.Conv(
-            cfg.embed_dim,
-            patch,
-            strides=patch,
-            padding="VALID",
-            use_bias=not cfg.pre_norm,
-            dtype=self.dtype,
-        )
+        self.proj = PatchConv(cfg.embed_dim, patch, use_bias=not cfg.pre_norm, dtype=self.dtype)
         self.norm = make_norm(cfg, self.dtype) if cfg.embed_norm else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -100,28 +181,25 @@ class Attention(nn.Module):
     def setup(self) -> None:
         cfg = self.cfg
         dim = cfg.embed_dim
-        self.qkv = nn.Dense(
-            dim * 3, use_bias=cfg.qkv_bias, kernel_init=dense_init, dtype=self.dtype
-        )
+        self.qkv = Dense(dim * 3, use_bias=cfg.qkv_bias, dtype=self.dtype)
         self.q_norm = make_norm(cfg, self.dtype) if cfg.qk_norm else None
         self.k_norm = make_norm(cfg, self.dtype) if cfg.qk_norm else None
         self.attn_drop = nn.Dropout(cfg.attn_drop_rate)
-        self.proj = nn.Dense(dim, use_bias=cfg.proj_bias, kernel_init=dense_init, dtype=self.dtype)
+        self.proj = Dense(dim, use_bias=cfg.proj_bias, dtype=self.dtype)
         self.proj_drop = nn.Dropout(cfg.proj_drop_rate)
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         cfg = self.cfg
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, cfg.num_heads, cfg.head_dim)  # (B, N, 3, H, Dh)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # 3 x (B, N, H, Dh)
+        q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # 3 x (B, H, N, Dh)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
+        # Head-major einsums: measured faster than jax.nn.dot_product_attention on CPU.
+        attn = jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q * cfg.scale, k), axis=-1)
         if train and cfg.attn_drop_rate > 0:
-            attn = jnp.einsum("bqhd,bkhd->bhqk", q * cfg.scale, k)  # (B, H, N, N)
-            attn = self.attn_drop(jax.nn.softmax(attn, axis=-1), deterministic=False)
-            x = jnp.einsum("bhqk,bkhd->bqhd", attn, v)  # (B, N, H, Dh)
-        else:
-            x = jax.nn.dot_product_attention(q, k, v, scale=cfg.scale)  # (B, N, H, Dh)
+            attn = self.attn_drop(attn, deterministic=False)  # (B, H, N, N)
+        x = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3)  # (B, N, H, Dh)
         x = self.proj(x.reshape(B, N, C))
         return self.proj_drop(x, deterministic=not train)
 
@@ -135,14 +213,10 @@ class Mlp(nn.Module):
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.fc1 = nn.Dense(
-            self.hidden, use_bias=cfg.proj_bias, kernel_init=dense_init, dtype=self.dtype
-        )
+        self.fc1 = Dense(self.hidden, use_bias=cfg.proj_bias, dtype=self.dtype)
         self.act = make_act(cfg.act_layer)
         self.drop1 = nn.Dropout(cfg.proj_drop_rate)
-        self.fc2 = nn.Dense(
-            cfg.embed_dim, use_bias=cfg.proj_bias, kernel_init=dense_init, dtype=self.dtype
-        )
+        self.fc2 = Dense(cfg.embed_dim, use_bias=cfg.proj_bias, dtype=self.dtype)
         self.drop2 = nn.Dropout(cfg.proj_drop_rate)
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
