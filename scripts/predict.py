@@ -12,6 +12,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vitjax.checkpoint import load_trained, predict_files  # noqa: E402
 
 
+def positive_int(text: str) -> int:
+    """An int >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     """The CLI's flags."""
     p = argparse.ArgumentParser(description=__doc__)
@@ -21,9 +32,9 @@ def parser() -> argparse.ArgumentParser:
         help="save_pretrained dir, scripts/train.py run dir, or weight file",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=positive_int, default=5)
     p.add_argument("--model", default=None, help="model name (for a weight file)")
-    p.add_argument("--num-classes", type=int, default=None, help="(for a weight file)")
+    p.add_argument("--num-classes", type=positive_int, default=None, help="(for a weight file)")
     return p
 
 

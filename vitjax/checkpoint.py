@@ -170,6 +170,8 @@ def load_trained(
     from vitjax.models import create_model, load_pretrained
 
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_dir() and not (path / io.CONFIG_NAME).is_file() and (path / MODEL_DIR).is_dir():
         path = path / MODEL_DIR  # a scripts/train.py run directory
     if path.is_dir():
