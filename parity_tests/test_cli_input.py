@@ -81,14 +81,24 @@ def test_train_refuses_bad_folders(tmp_path, capsys):
         assert reason in fails("train.py", argv, capsys)
 
 
-def test_train_bad_image_fails_or_skip_bad_counts(tmp_path, capsys):
-    """An unreadable image stops the run naming it; --skip-bad trains without it and says so."""
+@pytest.fixture()
+def bad_folder(tmp_path):
+    """A 2-class digit folder with one truncated PNG; (root, bad path, train flags)."""
     root = write_digit_folder(tmp_path / "data", classes=("0", "1"), per_class=6)
     bad = root / "1" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    argv = ["--data", str(root), "--epochs", "1", *TINY_FLAGS, "--batch-size", "4"]
+    return root, bad, ["--data", str(root), "--epochs", "1", *TINY_FLAGS, "--batch-size", "4"]
+
+
+def test_train_bad_image_fails_naming_it(bad_folder, tmp_path, capsys):
+    root, bad, argv = bad_folder
     msg = fails("train.py", [*argv, "--out", str(tmp_path / "a")], capsys)
     assert f"cannot read image {bad}" in msg
+
+
+def test_train_skip_bad_skips_and_counts(bad_folder, tmp_path, capsys):
+    """--skip-bad trains without the unreadable image and says how many it left out."""
+    root, bad, argv = bad_folder
     load_script("train.py").main([*argv, "--out", str(tmp_path / "b"), "--skip-bad"])
     assert "skipped 1 unreadable images" in capsys.readouterr().out
     assert (tmp_path / "b" / "model" / "model.safetensors").is_file()

@@ -541,7 +541,10 @@ def build_model(
         saved = io.read_config(init)
         vcfg = ViTConfig.from_dict({**saved["model_config"], **overrides})
         model = VisionTransformer(vcfg, dtype=dtype)
-        new_head = saved["model_config"].get("num_classes") != num_classes
+        old_classes = saved["model_config"].get("num_classes")
+        new_head = old_classes != num_classes
+        if new_head and weights:
+            _log(f"--init {init}: fresh {num_classes}-class head (it had {old_classes})", cfg)
         variables = (
             load_checkpoint(model, init, new_head=new_head, seed=cfg.seed) if weights else None
         )
