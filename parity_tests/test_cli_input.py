@@ -96,12 +96,18 @@ def test_train_bad_image_fails_naming_it(bad_folder, tmp_path, capsys):
     assert f"cannot read image {bad}" in msg
 
 
-def test_train_skip_bad_skips_and_counts(bad_folder, tmp_path, capsys):
-    """--skip-bad trains without the unreadable image and says how many it left out."""
+def test_train_skip_bad_skips_and_counts(bad_folder, capsys):
+    """--skip-bad: the run's data leaves the unreadable image out and says how many it skipped."""
+    from vitjax.train import RunConfig, load_datasets
+
     root, bad, argv = bad_folder
-    load_script("train.py").main([*argv, "--out", str(tmp_path / "b"), "--skip-bad"])
+    train = load_script("train.py")
+    args = train.parser().parse_args([*argv, "--skip-bad"])
+    assert args.skip_bad
+    cfg = RunConfig(data=str(root), skip_bad=True, progress=False, val_fraction=0.5)
+    train_ds, val_ds, classes = load_datasets(cfg)
     assert "skipped 1 unreadable images" in capsys.readouterr().out
-    assert (tmp_path / "b" / "model" / "model.safetensors").is_file()
+    assert len(train_ds) + len(val_ds) == 12 and str(bad) not in (*train_ds.images, *val_ds.images)
 
 
 # ----------------------------------------------------------------------------- predict.py
