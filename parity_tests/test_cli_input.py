@@ -163,11 +163,6 @@ def test_convert_timm_rejects_bad_arguments(saved, tmp_path, capsys):
         assert reason in msg, (argv, msg)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="convert_timm.py: write() runs outside main's try, so an unwritable --out ends in a "
-    "traceback (fix: call write() inside main's try and catch OSError there too)",
-)
 def test_convert_timm_unwritable_out(saved, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -176,11 +171,6 @@ def test_convert_timm_unwritable_out(saved, tmp_path, capsys):
     assert str(blocker) in fails("convert_timm.py", argv, capsys)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="convert_timm.py: --num-classes -3 ends in an AttributeError traceback (fix: an "
-    "argparse type that refuses values < 0 for --num-classes and < 1 for --img-size/--batch)",
-)
 def test_convert_timm_negative_num_classes(saved, tmp_path, capsys):
     argv = [NAME, "--checkpoint", str(saved / "w.safetensors"), "--out", str(tmp_path / "o")]
     assert "-3" in fails("convert_timm.py", [*argv, "--num-classes", "-3"], capsys)

@@ -20,8 +20,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vitjax import hub, io, models  # noqa: E402
+from vitjax import hub, models  # noqa: E402
 from vitjax.timm_compat import timm_model_args  # noqa: E402
+
+
+def at_least(low: int, name: str):
+    """An argparse type: an int >= low, named in the error."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{name}={value} must be >= {low}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in 'invalid int value' errors
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,17 +45,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="timm model name, optionally with a .tag")
     p.add_argument("--checkpoint", help="weights file or directory (default: HF cache)")
     p.add_argument("--out", required=True, help="output directory (or file with --to-timm)")
-    p.add_argument("--num-classes", type=int, help="new classifier size (fresh head)")
+    p.add_argument(
+        "--num-classes", type=at_least(0, "num_classes"), help="new classifier size (fresh head)"
+    )
     p.add_argument(
         "--img-size",
-        type=int,
+        type=at_least(1, "img_size"),
         nargs="+",
         metavar="S",
         help="new input size (H [W]); resamples the position embedding like timm",
     )
     p.add_argument("--to-timm", action="store_true", help="vitjax -> timm instead")
     p.add_argument("--verify", action="store_true", help="compare with timm; print max |diff|")
-    p.add_argument("--batch", type=int, default=2, help="batch size for --verify")
+    p.add_argument("--batch", type=at_least(1, "batch"), default=2, help="batch size for --verify")
     return p
 
 
@@ -96,35 +111,43 @@ def write(args: argparse.Namespace, model, variables) -> Path:
     return hub.save_timm_dir(out, args.model, args_, model.cfg, sd, cfg)
 
 
+def verify(args: argparse.Namespace, model, variables, path: Path) -> None:
+    """Print max |diff| against timm (--verify)."""
+    from vitjax.timm_verify import verify_conversion
+
+    source = path if args.to_timm else args.checkpoint
+    if source is None:
+        source = hub.pretrained_checkpoint(args.model)
+    report = verify_conversion(args.model, model, variables, source, batch=args.batch)
+    for what, diffs in report.items():
+        for out, d in diffs.items():
+            if out == "error":
+                print(f"verify {what}: {d}")
+            else:
+                print(
+                    f"verify {what} {out}: max |diff| {d['max_abs']:.3e} "
+                    f"(scale {d['scale']:.3e}, relative {d['rel']:.3e})"
+                )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         model, variables = load(args)
-    except (io.CheckpointError, ValueError, FileNotFoundError) as e:
+        path = write(args, model, variables)
+        cfg = model.cfg
+        print(
+            f"wrote {path} ({args.model}: img_size={cfg.img_size}, "
+            f"num_classes={cfg.num_classes}, {models.count_params(variables):,} parameters)"
+        )
+        if args.verify:
+            verify(args, model, variables, path)
+    except ImportError as e:
+        print(f"error: {e} (--verify and .pth files need torch and timm)", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as e:  # CheckpointError, WeightMismatchError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
-    path = write(args, model, variables)
-    cfg = model.cfg
-    print(
-        f"wrote {path} ({args.model}: img_size={cfg.img_size}, num_classes={cfg.num_classes}, "
-        f"{models.count_params(variables):,} parameters)"
-    )
-    if args.verify:
-        from vitjax.timm_verify import verify_conversion
-
-        source = path if args.to_timm else args.checkpoint
-        if source is None:
-            source = hub.pretrained_checkpoint(args.model)
-        report = verify_conversion(args.model, model, variables, source, batch=args.batch)
-        for what, diffs in report.items():
-            for out, d in diffs.items():
-                if out == "error":
-                    print(f"verify {what}: {d}")
-                else:
-                    print(
-                        f"verify {what} {out}: max |diff| {d['max_abs']:.3e} "
-                        f"(scale {d['scale']:.3e}, relative {d['rel']:.3e})"
-                    )
     return 0
 
 
