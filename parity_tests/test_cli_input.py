@@ -188,11 +188,6 @@ def test_benchmark_rejects_bad_arguments(capsys):
 
 
 @pytest.mark.skipif(NO_BENCHMARK, reason="no scripts/benchmark.py")
-@pytest.mark.xfail(
-    strict=True,
-    reason="benchmark.py: an unknown --model ends in a ValueError traceback "
-    "(fix: catch ValueError/OSError around run_benchmark in main and exit with one line)",
-)
 def test_benchmark_unknown_model_one_line(capsys):
     assert "unknown model" in fails(
         "benchmark.py", ["--modes", "jax", "--model", "vit_nope"], capsys

@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = [x for x in r["results"] if x["mode"] == "jax" and x["task"] == "train"]
             if rows:
                 train[r["model"]] = rows[0]["images_per_s"]
-        res = bench.run_data_benchmark(a.data_root, a.batch_size, train_images_per_s=train)
+        try:
+            res = bench.run_data_benchmark(a.data_root, a.batch_size, train_images_per_s=train)
+        except (ValueError, OSError) as e:
+            p.error(str(e))
         print(bench.data_to_markdown(res))
         if a.out:
             print("wrote", bench.write_results(res, a.out, a.name or "data_pipeline"))
@@ -72,18 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in a.modes.split(",") if m and not (a.skip_compile and m == "compile")]
     overrides = {k: v for k, v in (("img_size", a.img_size), ("depth", a.depth)) if v}
     peak = {"peak": a.peak} if a.peak else None
-    res = bench.run_benchmark(
-        a.model,
-        a.batch_size,
-        rounds=a.rounds,
-        warmup=a.warmup,
-        modes=modes,
-        tasks=a.tasks.split(","),
-        steps=a.steps,
-        threads=a.threads,
-        peak=peak,
-        **overrides,
-    )
+    try:
+        res = bench.run_benchmark(
+            a.model,
+            a.batch_size,
+            rounds=a.rounds,
+            warmup=a.warmup,
+            modes=modes,
+            tasks=a.tasks.split(","),
+            steps=a.steps,
+            threads=a.threads,
+            peak=peak,
+            **overrides,
+        )
+    except (ValueError, OSError) as e:
+        p.error(str(e))
     print(bench.to_markdown(res))
     if a.out:
         print("wrote", bench.write_results(res, a.out, a.name))
