@@ -140,7 +140,7 @@ def test_dynamic_img_size_matches_torch(size):
     x = _images(cfg, 2, size)
     with torch.no_grad():
         ref = t(nchw(x)).numpy()
-    assert_close(j.apply(variables, x), ref, f"dynamic_img_size{size}")
+    assert_close(j.apply(variables, x), ref, f"dynamic_img_size[{size}]")
 
 
 def test_train_mode_without_dropout_matches_eval():
