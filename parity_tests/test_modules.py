@@ -53,9 +53,12 @@ def _tokens(cfg: ViTConfig, batch: int, n: int = 7) -> np.ndarray:
     return np.random.default_rng(2).standard_normal((batch, n, cfg.embed_dim)).astype(np.float32)
 
 
-def _run_torch(module: torch.nn.Module, x: np.ndarray, **kw) -> np.ndarray:
+def _compare_on_tokens(t: torch.nn.Module, j, x: np.ndarray, name: str) -> None:
+    """Randomise the torch module, copy its weights into the Flax one, compare outputs on x."""
+    randomize_(t)
     with torch.no_grad():
-        return module(torch.from_numpy(x), **kw).numpy()
+        ref = t(torch.from_numpy(x)).numpy()
+    assert_close(j.apply(flax_twin(j, t, x), x), ref, name)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -74,42 +77,36 @@ def test_patch_embed_matches_torch(name):
 def test_attention_matches_torch(name):
     cfg = ViTConfig(**CONFIGS[name])
     x = _tokens(cfg, 2)
-    t = randomize_(tv.Attention(cfg))
-    j = jv.Attention(cfg)
-    assert_close(j.apply(flax_twin(j, t, x), x), _run_torch(t, x), f"Attention[{name}]")
+    _compare_on_tokens(tv.Attention(cfg), jv.Attention(cfg), x, f"Attention[{name}]")
 
 
 @pytest.mark.parametrize("name", ["plain", "odd_width_rect_patch", "clip_style", "notebook_scale"])
 def test_mlp_matches_torch(name):
     cfg = ViTConfig(**CONFIGS[name])
     x = _tokens(cfg, 3)
-    t = randomize_(tv.Mlp(cfg, cfg.embed_dim, cfg.mlp_hidden))
-    j = jv.Mlp(cfg, cfg.mlp_hidden)
-    assert_close(j.apply(flax_twin(j, t, x), x), _run_torch(t, x), f"Mlp[{name}]")
+    _compare_on_tokens(
+        tv.Mlp(cfg, cfg.embed_dim, cfg.mlp_hidden), jv.Mlp(cfg, cfg.mlp_hidden), x, f"Mlp[{name}]"
+    )
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_block_matches_torch(name):
     cfg = ViTConfig(**CONFIGS[name])
     x = _tokens(cfg, 3)
-    t = randomize_(tv.Block(cfg))
-    j = jv.Block(cfg)
-    assert_close(j.apply(flax_twin(j, t, x), x), _run_torch(t, x), f"Block[{name}]")
+    _compare_on_tokens(tv.Block(cfg), jv.Block(cfg), x, f"Block[{name}]")
 
 
 def test_layer_scale_matches_torch():
     x = _tokens(ViTConfig(**BASE), 2)
-    t = randomize_(tv.LayerScale(24, 0.1))
-    j = jv.LayerScale(24, 0.1)
-    assert_close(j.apply(flax_twin(j, t, x), x), _run_torch(t, x), "LayerScale")
+    _compare_on_tokens(tv.LayerScale(24, 0.1), jv.LayerScale(24, 0.1), x, "LayerScale")
 
 
 def test_attention_pool_matches_torch():
     cfg = ViTConfig(**CONFIGS["map_head"])
     x = _tokens(cfg, 3, n=11)
-    t = randomize_(tv.AttentionPoolLatent(cfg))
-    j = jv.AttentionPoolLatent(cfg)
-    assert_close(j.apply(flax_twin(j, t, x), x), _run_torch(t, x), "AttentionPoolLatent")
+    _compare_on_tokens(
+        tv.AttentionPoolLatent(cfg), jv.AttentionPoolLatent(cfg), x, "AttentionPoolLatent"
+    )
 
 
 def _vit_pair(cfg: ViTConfig, x: np.ndarray):

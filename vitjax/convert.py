@@ -123,17 +123,6 @@ def flax_to_torch(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def check_state_dict(
-    state_dict: Mapping[str, Any], expected: Mapping[str, Any], what: str = "state_dict"
-) -> None:
-    """Raise WeightMismatchError naming every key/shape of state_dict that differs from expected."""
-    _check(
-        {k: tuple(np.shape(v)) for k, v in state_dict.items()},
-        {k: tuple(np.shape(v)) for k, v in expected.items()},
-        what,
-    )
-
-
 # --- The tutorial notebook's own layout -------------------------------------------------------
 
 _NOTEBOOK_RULES = [
