@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default="train,infer", help="comma list of train, infer")
     p.add_argument("--skip-compile", action="store_true", help="leave torch.compile out")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    p.add_argument(
+        "--malloc",
+        choices=("keep", "default"),
+        default="keep",
+        help="every worker (all modes alike): keep: vitjax.runtime.keep_freed_memory(); "
+        "default: glibc's malloc settings",
+    )
     p.add_argument("--img-size", type=int, default=None, help="override the model's img_size")
     p.add_argument("--depth", type=int, default=None, help="override the model's depth")
     p.add_argument(
@@ -86,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=a.steps,
             threads=a.threads,
             peak=peak,
+            keep_freed_memory=a.malloc == "keep",
             **overrides,
         )
     except (ValueError, OSError) as e:

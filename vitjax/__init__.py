@@ -25,7 +25,7 @@ _EXPORTS = {
     "count_params": "vitjax.models",
 }
 
-_SUBMODULES = ("configs", "convert", "data", "io", "models", "schedules", "train", "vit")
+_SUBMODULES = ("configs", "convert", "data", "io", "models", "runtime", "schedules", "train", "vit")
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 

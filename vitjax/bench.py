@@ -269,6 +269,10 @@ def _torch_runner(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 def _worker(conn: Any, spec: dict[str, Any]) -> None:
     """Build one mode's functions, then time one sample per 'run' request until 'stop'."""
     try:
+        if spec.get("keep_freed_memory", True):  # before jax/torch start their threads
+            from vitjax.runtime import keep_freed_memory
+
+            keep_freed_memory()
         base_rss = _rss_bytes()
         runner = _jax_runner if spec["mode"] == "jax" else _torch_runner
         run, stats = runner(spec)
@@ -353,6 +357,7 @@ def run_benchmark(
     seed: int = 0,
     lr: float = 1e-3,
     peak: dict[str, float] | None = None,
+    keep_freed_memory: bool = True,
     verbose: bool = True,
     **overrides: Any,
 ) -> dict[str, Any]:
@@ -360,6 +365,8 @@ def run_benchmark(
 
     ``peak`` (from ``matmul_peak``) is measured here when not given. ``threads`` (default: the
     core count) is torch's intra-op thread count; XLA's CPU runtime uses every core by default.
+    ``keep_freed_memory``: every worker, of every mode alike, starts with
+    ``vitjax.runtime.keep_freed_memory()`` (what the vitjax CLIs do); False: glibc's defaults.
     """
     bad = [m for m in modes if m not in MODES] + [t for t in tasks if t not in TASKS]
     if bad:
@@ -379,6 +386,7 @@ def run_benchmark(
         seed=seed,
         lr=lr,
         overrides=overrides,
+        keep_freed_memory=keep_freed_memory,
     )
     workers: dict[str, _Worker] = {}
     compile_stats: dict[str, Any] = {}
@@ -451,6 +459,7 @@ def run_benchmark(
         "warmup": warmup,
         "steps_per_sample": steps,
         "threads": threads,
+        "malloc": "keep freed memory (vitjax.runtime)" if keep_freed_memory else "glibc default",
         "flops_per_image": flops,
         "flops_method": "analytic matmul count from the config (vitjax.bench.forward_flops)",
         "matmul_peak_gflops": peak,
@@ -473,7 +482,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"fp32 matmul peak (2048^3, best of numpy/torch/jax): {peak['peak']:.0f} GFLOP/s "
         f"(CPU-normalised {peak.get('peak_cpu_normalised', float('nan')):.0f}). "
         f"{res['rounds']} interleaved rounds after {res['warmup']} warm-up; medians, "
-        f"[slowest-fastest].",
+        f"[slowest-fastest]. malloc in every worker: {res.get('malloc', 'glibc default')}.",
         "",
         "| mode | task | images/s | vs eager | vs compile | GFLOP/s | of peak "
         "| CPU-normalised images/s (vs eager, vs compile; of peak) | compile s | peak RSS MB |",
