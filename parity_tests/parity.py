@@ -10,6 +10,9 @@ import numpy as np
 TOLERANCES: dict[str, tuple[float, float]] = {
     "float32": (1e-5, 1e-5),  # module outputs, single blocks, optimizer steps
     "float32_model": (1e-4, 1e-5),  # whole models (12+ blocks of float32 round-off)
+    # Parameters after many Adam steps: Adam divides each gradient by its running RMS, so the
+    # round-off of a near-zero gradient becomes an lr-sized step (one weight in 16k moves ~1e-5).
+    "float32_adam": (2e-5, 1e-5),
     "bfloat16": (5e-2, 5e-2),  # bf16 compute against torch autocast
     "exact": (0.0, 0.0),  # conversions that only move and transpose bytes
 }

@@ -121,7 +121,7 @@ def test_train_step_adam_cosine_matches_torch(config):
     tx = jtrain.make_optimizer("adam", schedule)
     j_losses, state = run_jax(model, variables, tx, batches)
     rep = assert_close(j_losses, np.array(t_losses), f"{config}: per-step loss")
-    worst = compare_params(state, net, config)
+    worst = compare_params(state, net, config, dtype="float32_adam")
     report(f"{config} adam+cosine", rep, worst)
 
 
