@@ -69,3 +69,24 @@ def test_keep_freed_memory_refuses_after_backend_started(monkeypatch):
     assert runtime.keep_freed_memory() is False
     monkeypatch.setenv(runtime.ENV, "0")
     assert runtime.keep_freed_memory() is False
+
+
+def test_train_and_evaluate_keeps_freed_memory_only_for_large_steps(monkeypatch):
+    from vitjax import train
+
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    # make demo's model: ~5 MB of activations, below glibc's 64 MB thread heaps: left alone
+    demo = train.RunConfig(
+        model="vit_tutorial_patch16_32",
+        model_args={"patch_size": 4, "embed_dim": 64, "depth": 3, "num_heads": 4},
+        img_size=16,
+        batch_size=16,
+    )
+    assert runtime.step_activation_bytes(train.get_config_for_run(demo), 16) < runtime.LARGE_BLOCK
+    assert train._keep_freed_memory_if_large(demo) is False and not calls
+    # the tutorial model at 224 px, batch 32: ~570 MB estimated (XLA's temp is 761 MB)
+    big = train.RunConfig(model="vit_tutorial_patch28_224", batch_size=32)
+    assert train._keep_freed_memory_if_large(big) is True and calls == [1]
+    # an unknown name is build_model's to report
+    assert train._keep_freed_memory_if_large(train.RunConfig(model="no_such_vit")) is False

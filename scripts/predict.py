@@ -10,7 +10,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vitjax.checkpoint import load_trained, predict_files  # noqa: E402
-from vitjax.runtime import keep_freed_memory  # noqa: E402
 
 
 def positive_int(text: str) -> int:
@@ -40,7 +39,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    keep_freed_memory()  # XLA:CPU reuses its freed temporaries (vitjax/runtime.py)
     args = parser().parse_args(argv)
     overrides = {"num_classes": args.num_classes} if args.num_classes else {}
     try:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vitjax.runtime import keep_freed_memory  # noqa: E402
 from vitjax.train import OPTIMIZERS, RunConfig, train_and_evaluate  # noqa: E402
 
 SCHEDULES = ("constant", "step", "cosine", "exponential", "warmup_cosine")
@@ -114,7 +113,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    keep_freed_memory()  # XLA:CPU reuses its freed temporaries (vitjax/runtime.py)
     args = vars(parser().parse_args(argv))
     args["model_args"] = dict(args["model_args"])
     args["crop_scale"] = tuple(args["crop_scale"])

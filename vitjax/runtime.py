@@ -11,9 +11,15 @@ reuses it: no page faults once the heap has settled. The cost: the process keeps
 grow the heap by up to one more copy of the temporaries before it settles (measured: vit_small
 training at batch 32 settled at 5.6 GB one run and 10.1 GB another, against 5.7 GB without).
 
+The other cost: with one arena every thread takes the same malloc lock. A tiny model with a busy
+data loader spends more on that contention than it saves (``make demo``: 28 s -> 40 s), so
+``vitjax.train.train_and_evaluate`` (the train CLI) applies it only when a step's activations
+(``step_activation_bytes``) exceed ``LARGE_BLOCK``, the largest block glibc can serve from a
+thread's own heap; bigger blocks are mapped and faulted in on every call.
+
 It must run before JAX starts its CPU backend (XLA's threads keep the malloc arena they first
 used), so call it first thing: ``import vitjax.runtime; vitjax.runtime.keep_freed_memory()``.
-``VITJAX_KEEP_FREED_MEMORY=0`` in the environment turns it off for the CLIs.
+``VITJAX_KEEP_FREED_MEMORY=0`` in the environment turns it off everywhere.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vitjax.configs import ViTConfig
 
 ENV = "VITJAX_KEEP_FREED_MEMORY"
 
@@ -29,7 +39,22 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 
+# glibc's per-thread heaps are at most 64 MB: larger blocks are mmapped (and faulted) per call.
+LARGE_BLOCK = 64 * 2**20
+
 _applied = False
+
+
+def step_activation_bytes(cfg: ViTConfig, batch_size: int, itemsize: int = 4) -> int:
+    """Rough size of one training step's saved activations, for deciding on keep_freed_memory.
+
+    Per block and token: ~12 embed-width tensors (norms, qkv, q/k/v, attention output, residuals),
+    3 MLP-width ones (fc1 output, GELU output, its gradient) and 2 attention rows per head. It
+    comes to ~75% of XLA's temp size for the tutorial model and vit_small (761 MB, 4.6 GB).
+    """
+    tokens = cfg.num_patches + cfg.num_prefix_tokens
+    per_token = 12 * cfg.embed_dim + 3 * cfg.mlp_hidden + 2 * cfg.num_heads * tokens
+    return batch_size * tokens * cfg.depth * per_token * itemsize
 
 
 def _jax_backend_started() -> bool:

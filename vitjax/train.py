@@ -632,11 +632,33 @@ def make_tx(cfg: RunConfig, steps_per_epoch: int) -> tuple[optax.GradientTransfo
     return tx, schedule
 
 
+def get_config_for_run(cfg: RunConfig) -> ViTConfig:
+    """The named model's config with the run's --model-args and --img-size (no --init file)."""
+    from vitjax.configs import get_config
+
+    overrides = {**cfg.model_args, **({"img_size": cfg.img_size} if cfg.img_size else {})}
+    return get_config(cfg.model, **overrides)
+
+
+def _keep_freed_memory_if_large(cfg: RunConfig) -> bool:
+    """vitjax.runtime.keep_freed_memory() when a step's activations exceed glibc's thread heaps."""
+    from vitjax import runtime
+
+    try:
+        mcfg = get_config_for_run(cfg)
+    except (KeyError, ValueError, TypeError):  # not a known name: build_model reports it
+        return False
+    if runtime.step_activation_bytes(mcfg, cfg.batch_size) <= runtime.LARGE_BLOCK:
+        return False
+    return runtime.keep_freed_memory()
+
+
 def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
     """A whole run: data, model, fit with per-epoch checkpoints and metrics, final model in OUT."""
     from vitjax import checkpoint as ck
     from vitjax.models import count_params, param_shapes, save_pretrained
 
+    _keep_freed_memory_if_large(cfg)  # before JAX starts its backend
     maybe_initialize_distributed()
     mesh = make_mesh()
     check_batch_size(cfg.batch_size, mesh)
