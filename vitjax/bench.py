@@ -366,7 +366,8 @@ def run_benchmark(
     ``peak`` (from ``matmul_peak``) is measured here when not given. ``threads`` (default: the
     core count) is torch's intra-op thread count; XLA's CPU runtime uses every core by default.
     ``keep_freed_memory``: every worker, of every mode alike, starts with
-    ``vitjax.runtime.keep_freed_memory()`` (what the vitjax CLIs do); False: glibc's defaults.
+    ``vitjax.runtime.keep_freed_memory()`` (as vitjax's training does for big steps); False:
+    glibc's defaults.
     """
     bad = [m for m in modes if m not in MODES] + [t for t in tasks if t not in TASKS]
     if bad:

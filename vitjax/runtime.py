@@ -1,4 +1,4 @@
-"""Process settings that make XLA:CPU faster; the CLIs apply them, library users opt in.
+"""Process settings that make XLA:CPU faster; vitjax applies them where they pay, users opt in.
 
 ``keep_freed_memory()``: XLA:CPU mallocs each call's temporaries in one block (4.6 GB for a
 vit_small_patch16_224 training step at batch 32, 0.76 GB for the tutorial model) and frees it
@@ -50,7 +50,7 @@ def step_activation_bytes(cfg: ViTConfig, batch_size: int, itemsize: int = 4) ->
 
     Per block and token: ~12 embed-width tensors (norms, qkv, q/k/v, attention output, residuals),
     3 MLP-width ones (fc1 output, GELU output, its gradient) and 2 attention rows per head. It
-    comes to ~75% of XLA's temp size for the tutorial model and vit_small (761 MB, 4.6 GB).
+    comes to 70-75% of XLA's temp size for the tutorial model and vit_small (761 MB, 4.6 GB).
     """
     tokens = cfg.num_patches + cfg.num_prefix_tokens
     per_token = 12 * cfg.embed_dim + 3 * cfg.mlp_hidden + 2 * cfg.num_heads * tokens
