@@ -518,6 +518,11 @@ def load_datasets(cfg: RunConfig) -> tuple[Any, Any, tuple[str, ...]]:
     return full.subset(train_idx), full.subset(val_idx), full.class_names
 
 
+def model_overrides(cfg: RunConfig) -> dict[str, Any]:
+    """The run's config overrides of the named model: --model-args, then --img-size."""
+    return {**cfg.model_args, **({"img_size": cfg.img_size} if cfg.img_size else {})}
+
+
 def build_model(
     cfg: RunConfig, num_classes: int, *, weights: bool = True
 ) -> tuple[VisionTransformer, dict[str, Any] | None, dict[str, Any]]:
@@ -533,9 +538,7 @@ def build_model(
     if cfg.num_classes is not None and cfg.num_classes != num_classes:
         raise ValueError(f"--num-classes {cfg.num_classes} but the data has {num_classes} classes")
     dtype = {"fp32": jnp.float32, "bf16": jnp.bfloat16}[cfg.precision]
-    overrides = {**cfg.model_args, "num_classes": num_classes}
-    if cfg.img_size:
-        overrides["img_size"] = cfg.img_size
+    overrides = {**model_overrides(cfg), "num_classes": num_classes}
     init = Path(cfg.init) if cfg.init else None
     if init is not None and (init / io.CONFIG_NAME).is_file():
         saved = io.read_config(init)
@@ -636,8 +639,7 @@ def get_config_for_run(cfg: RunConfig) -> ViTConfig:
     """The named model's config with the run's --model-args and --img-size (no --init file)."""
     from vitjax.configs import get_config
 
-    overrides = {**cfg.model_args, **({"img_size": cfg.img_size} if cfg.img_size else {})}
-    return get_config(cfg.model, **overrides)
+    return get_config(cfg.model, **model_overrides(cfg))
 
 
 def _keep_freed_memory_if_large(cfg: RunConfig) -> bool:
