@@ -1,16 +1,18 @@
 """vitjax.runtime.keep_freed_memory: XLA:CPU's freed temporaries are reused, not faulted in again.
 
 Counted, not timed: the page faults (ru_minflt) of the calls of a jitted function with ~130 MB of
-temporaries, in a fresh process, with the setting on and off. Kept memory can fragment for the
-first few calls (the heap grows once or twice, then settles), so the steady state is compared:
-the median over calls 7-12.
+temporaries, in a fresh process, with the setting on and off. With glibc's defaults every call
+faults its temporaries in again. Kept memory makes most calls fault-free, but not all: now and then
+a short-lived small allocation sits in the freed block when the next call asks for it, and the heap
+grows by one more block (those calls fault like the default). How often depends on thread timing:
+with both cores busy, 3-6 of 30 calls grew the heap (CI once saw 3 of calls 7-12 do so), so the
+test counts fault-free calls instead of expecting a settled tail.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +32,7 @@ x = jnp.ones((65536, 256), jnp.float32)  # 64 MB
 w = jnp.full((256, 256), 1e-3, jnp.float32)
 f = jax.jit(lambda x, w: (jnp.tanh(x @ w) @ w)[::-1].T @ x)  # 128 MB of temporaries
 faults = []
-for _ in range(12):
+for _ in range(16):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x, w).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -53,12 +55,12 @@ def test_keep_freed_memory_stops_page_faults_per_call():
     kept, default = probe(keep=True), probe(keep=False)
     assert kept["applied"] and kept["late"]
     assert not default["applied"] and not default["late"]
-    steady = {
-        k: statistics.median(r["faults"][6:]) for k, r in (("kept", kept), ("default", default))
-    }
+    later = {k: r["faults"][1:] for k, r in (("kept", kept), ("default", default))}
     # ~130 MB of temporaries: ~32k 4 KiB faults per call when freed memory goes back to the OS.
-    assert steady["default"] > 10_000, default
-    assert steady["kept"] < steady["default"] / 10, (kept, default)
+    assert min(later["default"]) > 10_000, default
+    # Kept: most calls reuse the freed block and fault (next to) nothing.
+    fault_free = sum(n < 1_000 for n in later["kept"])
+    assert fault_free >= len(later["kept"]) / 2, (kept, default)
 
 
 def test_keep_freed_memory_refuses_after_backend_started(monkeypatch):
@@ -71,22 +73,49 @@ def test_keep_freed_memory_refuses_after_backend_started(monkeypatch):
     assert runtime.keep_freed_memory() is False
 
 
-def test_train_and_evaluate_keeps_freed_memory_only_for_large_steps(monkeypatch):
+def test_train_and_evaluate_keeps_freed_memory_only_for_large_steps(monkeypatch, capsys):
     from vitjax import train
 
     calls = []
     monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 24 * 2**30)
     # make demo's model: ~5 MB of activations, below glibc's 64 MB thread heaps: left alone
     demo = train.RunConfig(
         model="vit_tutorial_patch16_32",
         model_args={"patch_size": 4, "embed_dim": 64, "depth": 3, "num_heads": 4},
         img_size=16,
         batch_size=16,
+        progress=False,
     )
     assert runtime.step_activation_bytes(train.get_config_for_run(demo), 16) < runtime.LARGE_BLOCK
     assert train._keep_freed_memory_if_large(demo) is False and not calls
-    # the tutorial model at 224 px, batch 32: ~570 MB estimated (XLA's temp is 761 MB)
-    big = train.RunConfig(model="vit_tutorial_patch28_224", batch_size=32)
+    # the tutorial model at 224 px, batch 32: ~600 MB estimated (XLA's temp is 723 MB)
+    big = train.RunConfig(model="vit_tutorial_patch28_224", batch_size=32, progress=False)
     assert train._keep_freed_memory_if_large(big) is True and calls == [1]
     # an unknown name is build_model's to report
     assert train._keep_freed_memory_if_large(train.RunConfig(model="no_such_vit")) is False
+    # vit_base at batch 32 (~7 GB of activations) could keep 28 GB: not on a 24 GiB machine
+    base = train.RunConfig(model="vit_base_patch16_224", batch_size=32, progress=False)
+    capsys.readouterr()
+    assert train._keep_freed_memory_if_large(base) is False and calls == [1]
+    assert "glibc's defaults kept" in capsys.readouterr().out
+
+
+def test_keep_freed_memory_for_gates_on_size_and_memory(monkeypatch):
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: True)
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 8 * 2**30)
+    assert runtime.keep_freed_memory_for(runtime.LARGE_BLOCK) == "small"
+    assert runtime.keep_freed_memory_for(2 * 2**30) == "kept"
+    assert runtime.keep_freed_memory_for(2 * 2**30 + 1) == "memory"  # 4x over 8 GiB
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: None)  # unknown: no gate
+    assert runtime.keep_freed_memory_for(2**40) == "kept"
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: False)
+    assert runtime.keep_freed_memory_for(2**30) == "unavailable"
+
+
+def test_available_memory_bytes_reads_this_machine():
+    avail = runtime.available_memory_bytes()
+    if sys.platform.startswith("linux"):
+        assert avail is not None and 0 < avail <= os.sysconf("SC_PAGE_SIZE") * os.sysconf(
+            "SC_PHYS_PAGES"
+        )
