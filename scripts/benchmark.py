@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         "--malloc",
         choices=("keep", "default"),
         default="keep",
-        help="every worker (all modes alike): keep: vitjax.runtime.keep_freed_memory(); "
-        "default: glibc's malloc settings",
+        help="every worker (all modes alike): keep: vitjax.runtime.keep_freed_memory() (faster, "
+        "but a worker can hold up to ~4x a step's activations); default: glibc's malloc settings",
     )
     p.add_argument("--img-size", type=int, default=None, help="override the model's img_size")
     p.add_argument("--depth", type=int, default=None, help="override the model's depth")

@@ -1,21 +1,26 @@
 """Process settings that make XLA:CPU faster; vitjax applies them where they pay, users opt in.
 
-``keep_freed_memory()``: XLA:CPU mallocs each call's temporaries in one block (4.6 GB for a
-vit_small_patch16_224 training step at batch 32, 0.76 GB for the tutorial model) and frees it
+``keep_freed_memory()``: XLA:CPU mallocs each call's temporaries in one block (4.1 GB for a
+vit_small_patch16_224 training step at batch 32, 0.72 GB for the tutorial model) and frees it
 when the call returns. glibc serves blocks that large with a fresh ``mmap`` and gives them back
 with ``munmap``, so every step page-faults its whole working set in again: 2 CPU-s of kernel time
 per vit_small step on the 2-core benchmark machine, 15% of the step (docs/benchmarks/README.md).
 With one malloc arena, no ``mmap`` and no trimming, the freed block stays mapped and the next call
-reuses it: no page faults once the heap has settled. The cost: the process keeps its peak heap
-(resident memory does not shrink after a big call), and in the first few calls fragmentation can
-grow the heap by up to one more copy of the temporaries before it settles (measured: vit_small
-training at batch 32 settled at 5.6 GB one run and 10.1 GB another, against 5.7 GB without).
+reuses it: most calls fault nothing. The cost is memory: the process keeps its peak heap
+(resident memory does not shrink after a big call), and fragmentation makes that peak larger. Now
+and then a short-lived small allocation sits in the freed block when the next call asks for it,
+so the heap grows by another copy of the temporaries; more often under CPU contention. Measured
+on the 2-core machine: vit_small training at batch 32 kept 13.0 GB (3.7x ``step_activation_bytes``)
+with both cores also busy, 5.6-10.1 GB on a quiet machine, against 5.7 GB with glibc's defaults.
+So ``keep_freed_memory_for`` applies it only where ``KEPT_HEAP_FACTOR`` times the step's
+activations fit in the memory available.
 
 The other cost: with one arena every thread takes the same malloc lock. A tiny model with a busy
 data loader spends more on that contention than it saves (``make demo``: 28 s -> 40 s), so
 ``vitjax.train.train_and_evaluate`` (the train CLI) applies it only when a step's activations
 (``step_activation_bytes``) exceed ``LARGE_BLOCK``, the largest block glibc can serve from a
-thread's own heap; bigger blocks are mapped and faulted in on every call.
+thread's own heap (bigger blocks are mapped and faulted in on every call), and fit
+``KEPT_HEAP_FACTOR`` times over in the available memory: ``keep_freed_memory_for``.
 
 It must run before JAX starts its CPU backend (XLA's threads keep the malloc arena they first
 used), so call it first thing: ``import vitjax.runtime; vitjax.runtime.keep_freed_memory()``.
@@ -42,6 +47,9 @@ _M_ARENA_MAX = -8
 # glibc's per-thread heaps are at most 64 MB: larger blocks are mmapped (and faulted) per call.
 LARGE_BLOCK = 64 * 2**20
 
+# A kept heap settled at up to 3.7x step_activation_bytes (vit_small, batch 32, CPU contention).
+KEPT_HEAP_FACTOR = 4
+
 _applied = False
 
 
@@ -50,11 +58,47 @@ def step_activation_bytes(cfg: ViTConfig, batch_size: int, itemsize: int = 4) ->
 
     Per block and token: ~12 embed-width tensors (norms, qkv, q/k/v, attention output, residuals),
     3 MLP-width ones (fc1 output, GELU output, its gradient) and 2 attention rows per head. It
-    comes to 70-75% of XLA's temp size for the tutorial model and vit_small (761 MB, 4.6 GB).
+    comes to 83-86% of XLA's temp size for the tutorial model and vit_small (0.72 GB, 4.05 GB).
     """
     tokens = cfg.num_patches + cfg.num_prefix_tokens
     per_token = 12 * cfg.embed_dim + 3 * cfg.mlp_hidden + 2 * cfg.num_heads * tokens
     return batch_size * tokens * cfg.depth * per_token * itemsize
+
+
+def available_memory_bytes() -> int | None:
+    """The memory this process may still take: MemAvailable, capped by a cgroup v2 limit."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(
+                int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")
+            )
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read())
+        if limit != "max":
+            avail = min(avail, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def keep_freed_memory_for(step_bytes: int) -> str:
+    """``keep_freed_memory()`` where it pays for a step with ``step_bytes`` of activations.
+
+    Returns what was done, for the run's log: "kept" (applied), "small" (blocks glibc keeps
+    anyway), "memory" (the kept heap could outgrow the available memory), "unavailable"
+    (``keep_freed_memory`` declined: too late, turned off, or not glibc).
+    """
+    if step_bytes <= LARGE_BLOCK:
+        return "small"
+    avail = available_memory_bytes()
+    if avail is not None and KEPT_HEAP_FACTOR * step_bytes > avail:
+        return "memory"
+    return "kept" if keep_freed_memory() else "unavailable"
 
 
 def _jax_backend_started() -> bool:

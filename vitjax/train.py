@@ -643,16 +643,23 @@ def get_config_for_run(cfg: RunConfig) -> ViTConfig:
 
 
 def _keep_freed_memory_if_large(cfg: RunConfig) -> bool:
-    """vitjax.runtime.keep_freed_memory() when a step's activations exceed glibc's thread heaps."""
+    """vitjax.runtime.keep_freed_memory() for steps too big for glibc's heaps, if memory allows."""
     from vitjax import runtime
 
     try:
         mcfg = get_config_for_run(cfg)
     except (KeyError, ValueError, TypeError):  # not a known name: build_model reports it
         return False
-    if runtime.step_activation_bytes(mcfg, cfg.batch_size) <= runtime.LARGE_BLOCK:
-        return False
-    return runtime.keep_freed_memory()
+    step_bytes = runtime.step_activation_bytes(mcfg, cfg.batch_size)
+    done = runtime.keep_freed_memory_for(step_bytes)
+    if done == "memory":
+        _log(
+            f"note: glibc's defaults kept (a step's ~{step_bytes / 2**30:.1f} GiB of temporaries "
+            "would be faulted in each step): keeping freed memory could outgrow the available "
+            "memory; see vitjax.runtime",
+            cfg,
+        )
+    return done == "kept"
 
 
 def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
