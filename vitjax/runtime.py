@@ -12,8 +12,6 @@ and then a short-lived small allocation sits in the freed block when the next ca
 so the heap grows by another copy of the temporaries; more often under CPU contention. Measured
 on the 2-core machine: vit_small training at batch 32 kept 13.0 GB (3.7x ``step_activation_bytes``)
 with both cores also busy, 5.6-10.1 GB on a quiet machine, against 5.7 GB with glibc's defaults.
-So ``keep_freed_memory_for`` applies it only where ``KEPT_HEAP_FACTOR`` times the step's
-activations fit in the memory available.
 
 The other cost: with one arena every thread takes the same malloc lock. A tiny model with a busy
 data loader spends more on that contention than it saves (``make demo``: 28 s -> 40 s), so
