@@ -103,11 +103,16 @@ def torch_to_flax(
     expected: Mapping[str, Any] | None = None,
     what: str = "state_dict",
 ) -> Params:
-    """timm-key state_dict (numpy-convertible values) -> Flax params, checked against expected."""
+    """timm-key state_dict (numpy-convertible values) -> Flax params, checked against expected.
+
+    Every leaf is a fresh copy, never a view of the input: ``jnp.asarray`` on the CPU returns
+    before it has read its numpy source, so a view of a torch tensor that is then trained in place
+    (``from_timm`` and fine-tune the torch model) would reach JAX already updated.
+    """
     flat = {}
     for key, value in state_dict.items():
         path, arr = torch_leaf_to_flax(key, np.asarray(value))
-        flat[path] = np.ascontiguousarray(arr)
+        flat[path] = np.array(arr, order="C")  # owned: see the docstring
     if expected is not None:
         want = {"/".join(p): tuple(np.shape(v)) for p, v in flatten(expected).items()}
         _check({"/".join(p): v.shape for p, v in flat.items()}, want, what)
