@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vitjax import bench
+from vitjax import bench, matmul_bound
 from vitjax.configs import get_config
 
 
@@ -41,6 +41,7 @@ def test_run_benchmark_smoke(tmp_path):
     assert json.load(open(path))["model"] == "vit_tutorial_patch16_32"
     md = (tmp_path / "vit_tutorial_patch16_32_b2.md").read_text()
     assert "| vitjax (jit) | train |" in md and "| PyTorch eager | infer |" in md
+    assert "Matmul-only bound" in md and rows[("jax", "train")]["vs_matmul_bound"] > 0
 
 
 def test_run_benchmark_rejects_unknown_mode():
@@ -54,3 +55,24 @@ def test_data_benchmark_smoke(tmp_path):
     assert len(res["runs"]) == 2 and all(r["images"] == 20 for r in res["runs"])
     assert all(r["images_per_s"] > 0 for r in res["runs"])
     assert "| train | 0 | 1 |" in bench.data_to_markdown(res)
+
+
+@pytest.mark.parametrize(
+    "model", ["vit_tutorial_patch16_32", "vit_small_patch16_224", "deit_tiny_distilled_patch16_224"]
+)
+def test_matmul_bound_lists_every_counted_flop(model):
+    cfg = get_config(model)
+    for task, per_image in (("train", bench.train_flops), ("infer", bench.forward_flops)):
+        mms = matmul_bound.step_matmuls(cfg, 3, task)
+        assert sum(mm.flops for mm in mms) == pytest.approx(3 * per_image(cfg), rel=1e-12)
+
+
+def test_matmul_bound_times_each_distinct_matmul_once():
+    cfg = get_config("vit_tutorial_patch16_32", depth=2)
+    res = matmul_bound.matmul_bound(cfg, 2, repeats=1)
+    train, infer = res["train"], res["infer"]
+    assert train["gflops"] == pytest.approx(2 * bench.train_flops(cfg) / 1e9)
+    assert 0 < train["seconds"] and 0 < infer["seconds"] < train["seconds"]
+    forms = {r["form"] for r in train["matmuls"]}
+    assert forms == {"x@W", "g@W.T", "x.T@g", "q@k.T", "p@v", "p.T@g"}
+    assert all(r["best"] == max(r["jax"], r.get("torch", 0.0)) for r in train["matmuls"])

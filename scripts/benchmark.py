@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         help="fp32 matmul GFLOP/s to use instead of measuring it",
     )
     p.add_argument(
+        "--no-bound",
+        action="store_true",
+        help="skip timing the step's matmuls alone (the matmul-only bound, vitjax.matmul_bound)",
+    )
+    p.add_argument(
         "--data",
         action="store_true",
         help="benchmark the data pipeline (224 px JPEG folder) instead",
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=a.threads,
             peak=peak,
             keep_freed_memory=a.malloc == "keep",
+            bound=not a.no_bound,
             **overrides,
         )
     except (ValueError, OSError) as e:

@@ -358,6 +358,7 @@ def run_benchmark(
     lr: float = 1e-3,
     peak: dict[str, float] | None = None,
     keep_freed_memory: bool = True,
+    bound: bool = True,
     verbose: bool = True,
     **overrides: Any,
 ) -> dict[str, Any]:
@@ -367,7 +368,8 @@ def run_benchmark(
     core count) is torch's intra-op thread count; XLA's CPU runtime uses every core by default.
     ``keep_freed_memory``: every worker, of every mode alike, starts with
     ``vitjax.runtime.keep_freed_memory()`` (as vitjax's training does for big steps); False:
-    glibc's defaults.
+    glibc's defaults. ``bound``: also time every matmul of the step in isolation
+    (``vitjax.matmul_bound``) and report the matmul-only images/s and each mode's share of it.
     """
     bad = [m for m in modes if m not in MODES] + [t for t in tasks if t not in TASKS]
     if bad:
@@ -379,6 +381,12 @@ def run_benchmark(
     if peak is None:
         log("measuring the fp32 matmul peak ...")
         peak = matmul_peak(threads=threads)
+    mm_bound = None
+    if bound:
+        from vitjax.matmul_bound import matmul_bound
+
+        log("timing the step's matmuls in isolation (matmul-only bound) ...")
+        mm_bound = matmul_bound(cfg, batch_size, tuple(tasks), threads=threads)
     spec = dict(
         model=model,
         batch_size=batch_size,
@@ -433,6 +441,8 @@ def run_benchmark(
             row["cpu_normalised_fraction_of_peak"] = (
                 row["cpu_normalised_gflops_per_s"] / peak["peak_cpu_normalised"]
             )
+        if mm_bound:
+            row["vs_matmul_bound"] = row["images_per_s"] / mm_bound[t]["images_per_s"]
         cs = compile_stats[m]
         row["compile_s"] = cs.get(f"{t}_compile_s")
         row["peak_rss_mb"] = cs.get("peak_rss_bytes", 0) / 2**20
@@ -464,6 +474,7 @@ def run_benchmark(
         "flops_per_image": flops,
         "flops_method": "analytic matmul count from the config (vitjax.bench.forward_flops)",
         "matmul_peak_gflops": peak,
+        "matmul_bound": mm_bound,
         "machine": info,
         "results": results,
     }
@@ -506,6 +517,7 @@ def to_markdown(res: dict[str, Any]) -> str:
             f"{ratio(r['vs_compile_cpu_normalised'])}; {cpu_frac}) | {comp} "
             f"| {r['peak_rss_mb']:.0f} |"
         )
+    lines += _bound_lines(res)
     gf_train, gf_infer = (res["flops_per_image"][t] / 1e9 for t in ("train", "infer"))
     lines += [
         "",
@@ -519,6 +531,61 @@ def to_markdown(res: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _bound_lines(res: dict[str, Any]) -> list[str]:
+    """Tables of the matmul-only bound per task and of each matmul's rates (empty if not run)."""
+    bound = res.get("matmul_bound")
+    if not bound:
+        return []
+    by = {(r["mode"], r["task"]): r for r in res["results"]}
+    fws = [fw for fw in ("jax", "torch") if f"images_per_s_{fw}" in next(iter(bound.values()))]
+    modes = [m for m in MODES if any((m, t) in by for t in bound)]
+    lines = [
+        "",
+        "Matmul-only bound: every matmul of the step timed alone at its own shapes and operand "
+        "layouts (`vitjax.matmul_bound`), all other work taken as free; images/s (x PyTorch "
+        "eager's measured images/s), and the share of the bound each mode reaches.",
+        "",
+        "| task | at the best rates | "
+        + " | ".join(f"at {fw}'s rates" for fw in fws)
+        + " | "
+        + " | ".join(f"{MODE_NAMES[m]} reaches" for m in modes)
+        + " |",
+        "|---" * (2 + len(fws) + len(modes)) + "|",
+    ]
+    for task, b in bound.items():
+        eager = by.get(("eager", task))
+
+        def cell(ips: float, eager: dict[str, Any] | None = eager) -> str:
+            return f"{ips:.1f}" + (f" ({ips / eager['images_per_s']:.2f}x)" if eager else "")
+
+        reached = [
+            f"{100 * by[(m, task)]['vs_matmul_bound']:.0f}%" if (m, task) in by else "-"
+            for m in modes
+        ]
+        lines.append(
+            f"| {task} | {cell(b['images_per_s'])} | "
+            + " | ".join(cell(b[f"images_per_s_{fw}"]) for fw in fws)
+            + " | "
+            + " | ".join(reached)
+            + " |"
+        )
+    task = "train" if "train" in bound else next(iter(bound))
+    lines += [
+        "",
+        f"GFLOP/s of each matmul alone ({task}; forms as in `vitjax.matmul_bound.Matmul`):",
+        "",
+        "| matmul | form | GFLOP per step | " + " | ".join(fws) + " |",
+        "|---|---|---|" + "---|" * len(fws),
+    ]
+    for r in bound[task]["matmuls"]:
+        lines.append(
+            f"| {r['name']} | `{r['form']}` | {r['gflops']:.3g} | "
+            + " | ".join(f"{r[fw]:.0f}" for fw in fws)
+            + " |"
+        )
+    return lines
 
 
 def write_results(res: dict[str, Any], out_dir: str | os.PathLike, name: str | None = None) -> str:
