@@ -12,11 +12,11 @@ Imports neither jax nor torch at import time.
 
 from __future__ import annotations
 
-import time
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from vitjax.bench import _timeit
 from vitjax.configs import ViTConfig, to_2tuple
 
 
@@ -76,18 +76,7 @@ def step_matmuls(cfg: ViTConfig, batch_size: int, task: str) -> list[Matmul]:
     return out
 
 
-def _operands(mm: Matmul) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    b, m, k, n = mm.b, mm.m, mm.k, mm.n
-    return {
-        "x@W": ((m, k), (k, n)),
-        "g@W.T": ((m, k), (n, k)),
-        "x.T@g": ((k, m), (k, n)),
-        "q@k.T": ((b, m, k), (b, n, k)),
-        "p@v": ((b, m, k), (b, k, n)),
-        "p.T@g": ((b, k, m), (b, k, n)),
-    }[mm.form]
-
-
+# Each form as an einsum over the dims b, m, k, n; the operand shapes follow from it.
 _EINSUM = {
     "x@W": "mk,kn->mn",
     "g@W.T": "mk,nk->mn",
@@ -98,14 +87,9 @@ _EINSUM = {
 }
 
 
-def _best_seconds(fn: Any, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+def _operands(mm: Matmul) -> list[tuple[int, ...]]:
+    dims = {"b": mm.b, "m": mm.m, "k": mm.k, "n": mm.n}
+    return [tuple(dims[d] for d in spec) for spec in _EINSUM[mm.form].split("->")[0].split(",")]
 
 
 def _jax_call(mm: Matmul, a: np.ndarray, b: np.ndarray) -> Any:
@@ -142,7 +126,7 @@ def time_matmul(mm: Matmul, framework: str = "jax", repeats: int = 5) -> float:
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal(s, dtype=np.float32) for s in _operands(mm))
     call = (_jax_call if framework == "jax" else _torch_call)(mm, a, b)
-    return mm.flops / mm.count / _best_seconds(call, repeats) / 1e9
+    return mm.flops / mm.count / _timeit(call, repeats)[0] / 1e9
 
 
 def matmul_bound(
