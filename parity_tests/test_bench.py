@@ -28,19 +28,24 @@ def test_run_benchmark_smoke(tmp_path):
         warmup=0,
         modes=("jax", "eager"),
         peak={"peak": 100.0},
+        cpu_devices=2,
         verbose=False,
         depth=1,
     )
+    assert res["jax_cpu_devices"] == 2  # data parallel over two CPU devices, as training splits
     rows = {(r["mode"], r["task"]): r for r in res["results"]}
     assert set(rows) == {(m, t) for m in ("jax", "eager") for t in ("train", "infer")}
     for r in rows.values():
         assert r["images_per_s"] > 0 and r["peak_rss_mb"] > 0
         assert r["vs_eager"] is not None and r["vs_compile"] is None
-    assert rows[("jax", "train")]["xla_flops_per_image"] > 0
+    # XLA counts one device's share; summed over both it is the analytic count plus elementwise
+    xla = rows[("jax", "train")]["xla_flops_per_image"]
+    assert res["flops_per_image"]["train"] <= xla < 2 * res["flops_per_image"]["train"]
     path = bench.write_results(res, tmp_path)
     assert json.load(open(path))["model"] == "vit_tutorial_patch16_32"
     md = (tmp_path / "vit_tutorial_patch16_32_b2.md").read_text()
     assert "| vitjax (jit) | train |" in md and "| PyTorch eager | infer |" in md
+    assert "vitjax: 2 CPU device(s)" in md
     assert "Matmul-only bound" in md and rows[("jax", "train")]["vs_matmul_bound"] > 0
 
 

@@ -7,6 +7,9 @@ a short-lived small allocation sits in the freed block when the next call asks f
 grows by one more block (those calls fault like the default). How often depends on thread timing:
 with both cores busy, 3-6 of 30 calls grew the heap (CI once saw 3 of calls 7-12 do so), so the
 test counts fault-free calls instead of expecting a settled tail.
+
+vitjax.runtime.split_cpu_into_devices / cpu_devices_for: one CPU device per core for big steps
+(the rule, and the setting in a fresh process, where the user's own choice wins).
 """
 
 from __future__ import annotations
@@ -73,13 +76,17 @@ def test_keep_freed_memory_refuses_after_backend_started(monkeypatch):
     assert runtime.keep_freed_memory() is False
 
 
-def test_train_and_evaluate_keeps_freed_memory_only_for_large_steps(monkeypatch, capsys):
+def test_train_and_evaluate_tunes_the_cpu_only_for_large_steps(monkeypatch, capsys):
     from vitjax import train
 
-    calls = []
+    calls, splits = [], []
     monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(runtime, "split_cpu_into_devices", lambda n: splits.append(n) or n > 1)
     monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 24 * 2**30)
-    # make demo's model: ~5 MB of activations, below glibc's 64 MB thread heaps: left alone
+    monkeypatch.setattr(runtime, "cpu_count", lambda: 2)
+    monkeypatch.delenv(runtime.CPU_DEVICES_ENV, raising=False)
+    # make demo's model: ~5 MB of activations, below glibc's 64 MB thread heaps: left alone;
+    # 8 examples x 17 tokens per core is too little to split the cores into devices
     demo = train.RunConfig(
         model="vit_tutorial_patch16_32",
         model_args={"patch_size": 4, "embed_dim": 64, "depth": 3, "num_heads": 4},
@@ -88,17 +95,78 @@ def test_train_and_evaluate_keeps_freed_memory_only_for_large_steps(monkeypatch,
         progress=False,
     )
     assert runtime.step_activation_bytes(train.get_config_for_run(demo), 16) < runtime.LARGE_BLOCK
-    assert train._keep_freed_memory_if_large(demo) is False and not calls
-    # the tutorial model at 224 px, batch 32: ~600 MB estimated (XLA's temp is 723 MB)
+    train._tune_cpu_runtime(demo)
+    assert not calls and splits == [1]
+    # the tutorial model at 224 px, batch 32: ~600 MB estimated (XLA's temp is 723 MB); 16 x 65
+    # token rows per core
     big = train.RunConfig(model="vit_tutorial_patch28_224", batch_size=32, progress=False)
-    assert train._keep_freed_memory_if_large(big) is True and calls == [1]
+    train._tune_cpu_runtime(big)
+    assert calls == [1] and splits == [1, 2]
+    # at batch 8 the tutorial model stays on one device; an odd batch does not split either
+    for b in (8, 33):
+        train._tune_cpu_runtime(train.RunConfig(model="vit_tutorial_patch28_224", batch_size=b))
+    assert splits == [1, 2, 1, 1]
     # an unknown name is build_model's to report
-    assert train._keep_freed_memory_if_large(train.RunConfig(model="no_such_vit")) is False
+    train._tune_cpu_runtime(train.RunConfig(model="no_such_vit"))
+    assert len(splits) == 4
     # vit_base at batch 32 (~7 GB of activations) could keep 28 GB: not on a 24 GiB machine
     base = train.RunConfig(model="vit_base_patch16_224", batch_size=32, progress=False)
     capsys.readouterr()
-    assert train._keep_freed_memory_if_large(base) is False and calls == [1]
+    calls.clear()
+    train._tune_cpu_runtime(base)
+    assert not calls and splits[-1] == 2
     assert "glibc's defaults kept" in capsys.readouterr().out
+    # the run's own choice, and the environment's, win over the rule
+    train._tune_cpu_runtime(train.RunConfig(model="vit_tutorial_patch16_32", cpu_devices=4))
+    monkeypatch.setenv(runtime.CPU_DEVICES_ENV, "1")
+    train._tune_cpu_runtime(big)
+    assert splits[-2:] == [4, 1]
+    monkeypatch.setenv(runtime.CPU_DEVICES_ENV, "two")
+    with pytest.raises(ValueError, match="VITJAX_CPU_DEVICES='two'"):
+        train._tune_cpu_runtime(big)
+
+
+def test_cpu_devices_for_divides_the_batch_and_keeps_rows_per_device():
+    from vitjax.configs import get_config
+
+    small = get_config("vit_small_patch16_224")  # 197 tokens
+    os.environ.pop(runtime.CPU_DEVICES_ENV, None)
+    assert runtime.cpu_devices_for(small, 32, cores=2) == 2
+    assert runtime.cpu_devices_for(small, 32, cores=16) == 4  # 8 x 197 rows; 8 devices: 788
+    assert runtime.cpu_devices_for(small, 30, cores=4) == 3  # 4 does not divide 30
+    assert runtime.cpu_devices_for(small, 5, cores=2) == 1
+    assert runtime.cpu_devices_for(small, 32, cores=1) == 1
+
+
+SPLIT_PROBE = """
+import json, os, sys
+from vitjax import runtime
+first = runtime.split_cpu_into_devices(2)
+import jax
+print(json.dumps([first, runtime.split_cpu_into_devices(2), jax.device_count(),
+                  runtime.split_cpu_into_devices(3)]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, [True, True, 2, False]),  # applied; idempotent; too late once the backend started
+        ({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, [False, False, 3, False]),
+        ({"JAX_NUM_CPU_DEVICES": "1"}, [False, False, 1, False]),
+    ],
+)
+def test_split_cpu_into_devices_in_a_fresh_process(env, expected):
+    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    out = subprocess.run(
+        [sys.executable, "-c", SPLIT_PROBE],
+        env={**base, "JAX_PLATFORMS": "cpu", **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == expected
 
 
 def test_keep_freed_memory_for_gates_on_size_and_memory(monkeypatch):

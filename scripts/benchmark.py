@@ -38,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         help="every worker (all modes alike): keep: vitjax.runtime.keep_freed_memory() (faster, "
         "but a worker can hold up to ~4x a step's activations); default: glibc's malloc settings",
     )
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=None,
+        help="CPU devices vitjax splits the cores into (data parallel; 1: one device on all "
+        "cores); default: as vitjax's training chooses (vitjax.runtime.cpu_devices_for)",
+    )
     p.add_argument("--img-size", type=int, default=None, help="override the model's img_size")
     p.add_argument("--depth", type=int, default=None, help="override the model's depth")
     p.add_argument(
@@ -99,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=a.threads,
             peak=peak,
             keep_freed_memory=a.malloc == "keep",
+            cpu_devices=a.cpu_devices,
             bound=not a.no_bound,
             **overrides,
         )

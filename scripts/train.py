@@ -104,6 +104,13 @@ def parser() -> argparse.ArgumentParser:
         default=d.precision,
         help="bf16: bfloat16 compute, float32 params and optimizer state",
     )
+    a(
+        "--cpu-devices",
+        type=int,
+        default=d.cpu_devices,
+        help="on the CPU: devices to split the cores into (data parallel); default: one per core "
+        "for big steps, else 1 (vitjax.runtime.cpu_devices_for)",
+    )
     a("--keep", type=int, default=d.keep, help="checkpoints to keep")
     a("--out", default=d.out, help="run directory")
     a("--resume", action="store_true", help="continue the run in --out where it stopped")

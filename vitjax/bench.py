@@ -165,26 +165,36 @@ def _batch(cfg: ViTConfig, batch_size: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 def _jax_runner(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Compiled jax train step (vitjax.train, state donated) and inference; compile stats."""
+    """Compiled jax train step and inference as vitjax.train runs them; compile stats.
+
+    The CPU is split into ``spec["cpu_devices"]`` devices first (vitjax.runtime), and the step
+    is vitjax.train's data-parallel one over them (state replicated and donated, batch sharded).
+    """
+    from vitjax import runtime
+
+    runtime.split_cpu_into_devices(spec.get("cpu_devices", 1))
     import jax
     import optax  # noqa: F401  (imported before timing)
+    from jax.sharding import NamedSharding, PartitionSpec
 
     from vitjax import train as vtrain
     from vitjax.models import create_model
 
+    mesh = vtrain.make_mesh()
+    vtrain.check_batch_size(spec["batch_size"], mesh)
     model, variables = create_model(spec["model"], seed=spec["seed"], **spec["overrides"])
     images, labels = _batch(model.cfg, spec["batch_size"], spec["seed"])
-    batch = {"image": jax.device_put(images), "label": jax.device_put(labels)}
+    batch = vtrain.shard_batch({"image": images, "label": labels}, mesh)
     tx = vtrain.make_optimizer("adam", spec["lr"])
-    state = [vtrain.create_train_state(model, variables, tx)]
+    state = [vtrain.replicate(vtrain.create_train_state(model, variables, tx), mesh)]
     rng = jax.random.PRNGKey(spec["seed"])
-    stats: dict[str, Any] = {}
+    stats: dict[str, Any] = {"devices": mesh.devices.size}
     run: dict[str, Any] = {}
     if "train" in spec["tasks"]:
         t = time.perf_counter()
-        step = jax.jit(vtrain.train_step, donate_argnums=0).lower(state[0], batch, rng).compile()
+        step = vtrain.jit_steps(mesh)[0].lower(state[0], batch, rng).compile()
         stats["train_compile_s"] = time.perf_counter() - t
-        stats["train_xla"] = _xla_stats(step)
+        stats["train_xla"] = _xla_stats(step, mesh.devices.size)
 
         def train() -> None:
             state[0], metrics = step(state[0], batch, rng)
@@ -192,31 +202,39 @@ def _jax_runner(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
         run["train"] = train
     if "infer" in spec["tasks"]:
-        params = jax.tree_util.tree_map(lambda x: x.copy(), variables["params"])
+        params = vtrain.replicate(
+            jax.tree_util.tree_map(lambda x: x.copy(), variables["params"]), mesh
+        )
         t = time.perf_counter()
-        fwd = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, batch["image"])
-        fwd = fwd.compile()
+        fwd = jax.jit(
+            lambda p, x: model.apply({"params": p}, x),
+            in_shardings=(NamedSharding(mesh, PartitionSpec()), batch["image"].sharding),
+        )
+        fwd = fwd.lower(params, batch["image"]).compile()
         stats["infer_compile_s"] = time.perf_counter() - t
-        stats["infer_xla"] = _xla_stats(fwd)
+        stats["infer_xla"] = _xla_stats(fwd, mesh.devices.size)
         run["infer"] = lambda: fwd(params, batch["image"]).block_until_ready()
     return run, stats
 
 
-def _xla_stats(compiled: Any) -> dict[str, Any]:
-    """XLA's cost analysis (flops) and memory analysis (buffer bytes) of a compiled function."""
+def _xla_stats(compiled: Any, devices: int = 1) -> dict[str, Any]:
+    """XLA's cost analysis (flops) and memory analysis (buffer bytes) of a compiled function.
+
+    XLA reports one device's share of an SPMD program: the figures are that times ``devices``.
+    """
     out: dict[str, Any] = {}
     try:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        out["flops"] = float(cost.get("flops", float("nan")))
+        out["flops"] = float(cost.get("flops", float("nan"))) * devices
     except Exception:  # noqa: BLE001 (backends without cost analysis)
         pass
     try:
         mem = compiled.memory_analysis()
-        out["temp_bytes"] = int(mem.temp_size_in_bytes)
-        out["argument_bytes"] = int(mem.argument_size_in_bytes)
-        out["output_bytes"] = int(mem.output_size_in_bytes)
-        out["alias_bytes"] = int(mem.alias_size_in_bytes)
+        out["temp_bytes"] = int(mem.temp_size_in_bytes) * devices
+        out["argument_bytes"] = int(mem.argument_size_in_bytes) * devices
+        out["output_bytes"] = int(mem.output_size_in_bytes) * devices
+        out["alias_bytes"] = int(mem.alias_size_in_bytes) * devices
         out["total_bytes"] = (
             out["temp_bytes"] + out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
         )
@@ -358,6 +376,7 @@ def run_benchmark(
     lr: float = 1e-3,
     peak: dict[str, float] | None = None,
     keep_freed_memory: bool = True,
+    cpu_devices: int | None = None,
     bound: bool = True,
     verbose: bool = True,
     **overrides: Any,
@@ -368,7 +387,9 @@ def run_benchmark(
     core count) is torch's intra-op thread count; XLA's CPU runtime uses every core by default.
     ``keep_freed_memory``: every worker, of every mode alike, starts with
     ``vitjax.runtime.keep_freed_memory()`` (as vitjax's training does for big steps); False:
-    glibc's defaults. ``bound``: also time every matmul of the step in isolation
+    glibc's defaults. ``cpu_devices``: the CPU devices vitjax's worker splits the cores into
+    (``vitjax.runtime.split_cpu_into_devices``; default: ``cpu_devices_for``, as vitjax's
+    training does). ``bound``: also time every matmul of the step in isolation
     (``vitjax.matmul_bound``) and report the matmul-only images/s and each mode's share of it.
     """
     bad = [m for m in modes if m not in MODES] + [t for t in tasks if t not in TASKS]
@@ -376,6 +397,10 @@ def run_benchmark(
         raise ValueError(f"unknown modes/tasks {bad}: modes {MODES}, tasks {TASKS}")
     threads = threads or os.cpu_count() or 1
     cfg = get_config(model, **overrides)
+    if cpu_devices is None:
+        from vitjax.runtime import cpu_devices_for
+
+        cpu_devices = cpu_devices_for(cfg, batch_size)
     log = print if verbose else (lambda *a, **k: None)
     info = machine_info()
     if peak is None:
@@ -396,6 +421,7 @@ def run_benchmark(
         lr=lr,
         overrides=overrides,
         keep_freed_memory=keep_freed_memory,
+        cpu_devices=cpu_devices,
     )
     workers: dict[str, _Worker] = {}
     compile_stats: dict[str, Any] = {}
@@ -471,6 +497,7 @@ def run_benchmark(
         "steps_per_sample": steps,
         "threads": threads,
         "malloc": "keep freed memory (vitjax.runtime)" if keep_freed_memory else "glibc default",
+        "jax_cpu_devices": compile_stats.get("jax", {}).get("devices"),
         "flops_per_image": flops,
         "flops_method": "analytic matmul count from the config (vitjax.bench.forward_flops)",
         "matmul_peak_gflops": peak,
@@ -494,7 +521,9 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"fp32 matmul peak (2048^3, best of numpy/torch/jax): {peak['peak']:.0f} GFLOP/s "
         f"(CPU-normalised {peak.get('peak_cpu_normalised', float('nan')):.0f}). "
         f"{res['rounds']} interleaved rounds after {res['warmup']} warm-up; medians, "
-        f"[slowest-fastest]. malloc in every worker: {res.get('malloc', 'glibc default')}.",
+        f"[slowest-fastest]. malloc in every worker: {res.get('malloc', 'glibc default')}. "
+        f"vitjax: {res.get('jax_cpu_devices') or 1} CPU device(s), data parallel over the cores "
+        "(vitjax.runtime.split_cpu_into_devices).",
         "",
         "| mode | task | images/s | vs eager | vs compile | GFLOP/s | of peak "
         "| CPU-normalised images/s (vs eager, vs compile; of peak) | compile s | peak RSS MB |",

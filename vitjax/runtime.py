@@ -23,6 +23,18 @@ thread's own heap (bigger blocks are mapped and faulted in on every call), and f
 It must run before JAX starts its CPU backend (XLA's threads keep the malloc arena they first
 used), so call it first thing: ``import vitjax.runtime; vitjax.runtime.keep_freed_memory()``.
 ``VITJAX_KEEP_FREED_MEMORY=0`` in the environment turns it off everywhere.
+
+``split_cpu_into_devices(n)``: XLA:CPU shows the whole CPU as one device and splits each op over
+the cores (intra-op threads). For big steps it is faster to show one device per core and train
+data-parallel over them (the same ``Mesh`` code as on many GPUs): each core then runs its half
+of the batch through whole ops, without a thread barrier inside every small matmul, softmax and
+LayerNorm. Measured on the 2-core benchmark machine at batch 32 (docs/benchmarks/README.md):
+vit_small_patch16_224 training +5%, inference +6-10%; the tutorial model (65 tokens) training
++1-2%. For small steps it is slower (``make demo``: 27 s -> 37 s; the tutorial model at batch 4:
+-13%), so ``cpu_devices_for`` splits only when every device gets at least
+``MIN_ROWS_PER_DEVICE`` token rows per matmul. Also before JAX starts its backend;
+``VITJAX_CPU_DEVICES=N`` in the environment fixes the count (1: never split), and so does
+``XLA_FLAGS=--xla_force_host_platform_device_count=N`` or ``JAX_NUM_CPU_DEVICES``.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ if TYPE_CHECKING:
     from vitjax.configs import ViTConfig
 
 ENV = "VITJAX_KEEP_FREED_MEMORY"
+CPU_DEVICES_ENV = "VITJAX_CPU_DEVICES"
 
 # glibc's mallopt() parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -48,7 +61,12 @@ LARGE_BLOCK = 64 * 2**20
 # A kept heap settled at up to 3.7x step_activation_bytes (vit_small, batch 32, CPU contention).
 KEPT_HEAP_FACTOR = 4
 
+# Token rows (examples x tokens) per device below which one device on all cores is faster: the
+# tutorial model (65 tokens) gains at 16 examples per device (1040 rows), loses at 2 (130 rows).
+MIN_ROWS_PER_DEVICE = 1024
+
 _applied = False
+_split = 0
 
 
 def step_activation_bytes(cfg: ViTConfig, batch_size: int, itemsize: int = 4) -> int:
@@ -137,3 +155,61 @@ def keep_freed_memory() -> bool:
     )
     _applied = ok
     return ok
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_devices_for(cfg: ViTConfig, batch_size: int, cores: int | None = None) -> int:
+    """How many CPU devices to train ``batch_size`` examples of ``cfg`` on: see the module doc.
+
+    ``VITJAX_CPU_DEVICES`` if set; else the most devices, at most one per core, that divide the
+    batch and leave each at least ``MIN_ROWS_PER_DEVICE`` token rows; else 1.
+    """
+    env = os.environ.get(CPU_DEVICES_ENV, "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"{CPU_DEVICES_ENV}={env!r}: expected a whole number >= 1")
+        return int(env)
+    tokens = cfg.num_patches + cfg.num_prefix_tokens
+    n = cores or cpu_count()
+    while n > 1 and (batch_size % n or batch_size // n * tokens < MIN_ROWS_PER_DEVICE):
+        n -= 1
+    return n
+
+
+def _cpu_device_count_chosen() -> bool:
+    """True if the user already set how many CPU devices JAX shows (XLA_FLAGS or jax config)."""
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return True
+    if "JAX_NUM_CPU_DEVICES" in os.environ:
+        return True
+    if "jax" in sys.modules:
+        import jax
+
+        return getattr(jax.config, "jax_num_cpu_devices", -1) not in (-1, None)
+    return False
+
+
+def split_cpu_into_devices(n: int) -> bool:
+    """Make JAX show the CPU as ``n`` devices (``jax_num_cpu_devices``). True if applied.
+
+    Does nothing (False) for ``n <= 1``, once JAX's backend has started, or where the user
+    already chose the count (``XLA_FLAGS=--xla_force_host_platform_device_count``,
+    ``JAX_NUM_CPU_DEVICES``, ``jax.config``). Other platforms (GPU, TPU) are unaffected.
+    """
+    global _split
+    if n == _split:
+        return True
+    if n <= 1 or _cpu_device_count_chosen() or _jax_backend_started():
+        return False
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", n)
+    _split = n
+    return True

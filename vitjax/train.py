@@ -419,13 +419,14 @@ class RunConfig:
     seed: int = 0
     workers: int = 0
     precision: str = "fp32"
+    cpu_devices: int | None = None
     keep: int = 3
     progress: bool = True
     resume: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "keep", "img_size", "num_classes"):
+        for name in ("epochs", "batch_size", "keep", "img_size", "num_classes", "cpu_devices"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} must be >= 1")
@@ -642,24 +643,33 @@ def get_config_for_run(cfg: RunConfig) -> ViTConfig:
     return get_config(cfg.model, **model_overrides(cfg))
 
 
-def _keep_freed_memory_if_large(cfg: RunConfig) -> bool:
-    """vitjax.runtime.keep_freed_memory() for steps too big for glibc's heaps, if memory allows."""
+def _tune_cpu_runtime(cfg: RunConfig) -> None:
+    """Before JAX starts its backend: vitjax.runtime's settings for big steps on the CPU.
+
+    keep_freed_memory() for steps too big for glibc's heaps (if memory allows), and one CPU device
+    per core (data parallel) when each gets enough of the batch; ``cfg.cpu_devices`` fixes that.
+    """
     from vitjax import runtime
 
     try:
         mcfg = get_config_for_run(cfg)
     except (KeyError, ValueError, TypeError):  # not a known name: build_model reports it
-        return False
+        return
     step_bytes = runtime.step_activation_bytes(mcfg, cfg.batch_size)
-    done = runtime.keep_freed_memory_for(step_bytes)
-    if done == "memory":
+    if runtime.keep_freed_memory_for(step_bytes) == "memory":
         _log(
             f"note: glibc's defaults kept (a step's ~{step_bytes / 2**30:.1f} GiB of temporaries "
             "would be faulted in each step): keeping freed memory could outgrow the available "
             "memory; see vitjax.runtime",
             cfg,
         )
-    return done == "kept"
+    n = cfg.cpu_devices or runtime.cpu_devices_for(mcfg, cfg.batch_size)
+    if not runtime.split_cpu_into_devices(n) and cfg.cpu_devices and n > 1:
+        _log(
+            f"note: cpu_devices={n} not applied: JAX's backend had already started, or "
+            "XLA_FLAGS / JAX_NUM_CPU_DEVICES set the CPU device count",
+            cfg,
+        )
 
 
 def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
@@ -667,7 +677,7 @@ def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
     from vitjax import checkpoint as ck
     from vitjax.models import count_params, param_shapes, save_pretrained
 
-    _keep_freed_memory_if_large(cfg)  # before JAX starts its backend
+    _tune_cpu_runtime(cfg)  # before JAX starts its backend
     maybe_initialize_distributed()
     mesh = make_mesh()
     check_batch_size(cfg.batch_size, mesh)
