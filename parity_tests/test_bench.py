@@ -45,7 +45,7 @@ def test_run_benchmark_smoke(tmp_path):
     assert json.load(open(path))["model"] == "vit_tutorial_patch16_32"
     md = (tmp_path / "vit_tutorial_patch16_32_b2.md").read_text()
     assert "| vitjax (jit) | train |" in md and "| PyTorch eager | infer |" in md
-    assert "vitjax: 2 CPU device(s)" in md
+    assert "vitjax: 2 CPU devices, data parallel" in md
     assert "Matmul-only bound" in md and rows[("jax", "train")]["vs_matmul_bound"] > 0
 
 

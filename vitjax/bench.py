@@ -522,8 +522,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"(CPU-normalised {peak.get('peak_cpu_normalised', float('nan')):.0f}). "
         f"{res['rounds']} interleaved rounds after {res['warmup']} warm-up; medians, "
         f"[slowest-fastest]. malloc in every worker: {res.get('malloc', 'glibc default')}. "
-        f"vitjax: {res.get('jax_cpu_devices') or 1} CPU device(s), data parallel over the cores "
-        "(vitjax.runtime.split_cpu_into_devices).",
+        + _devices_line(res.get("jax_cpu_devices") or 1),
         "",
         "| mode | task | images/s | vs eager | vs compile | GFLOP/s | of peak "
         "| CPU-normalised images/s (vs eager, vs compile; of peak) | compile s | peak RSS MB |",
@@ -560,6 +559,16 @@ def to_markdown(res: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _devices_line(n: int) -> str:
+    """How vitjax's worker used the CPU, for the table's settings line."""
+    if n == 1:
+        return "vitjax: one CPU device (XLA's intra-op threads on every core)."
+    return (
+        f"vitjax: {n} CPU devices, data parallel over the cores "
+        "(vitjax.runtime.split_cpu_into_devices)."
+    )
 
 
 def _bound_lines(res: dict[str, Any]) -> list[str]:
