@@ -187,3 +187,24 @@ def test_available_memory_bytes_reads_this_machine():
         assert avail is not None and 0 < avail <= os.sysconf("SC_PAGE_SIZE") * os.sysconf(
             "SC_PHYS_PAGES"
         )
+
+
+@pytest.mark.slow
+def test_train_cli_splits_the_cpu_when_asked(tmp_path):
+    """scripts/train.py --cpu-devices 2: the run trains data parallel on two CPU devices."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    env.pop(runtime.CPU_DEVICES_ENV, None)
+    args = ["--model", "vit_tutorial_patch16_32", "--img-size", "16", "--epochs", "1"]
+    args += ["--model-args", "patch_size=8", "embed_dim=16", "depth=1", "num_heads=2"]
+    proc = subprocess.run(
+        [sys.executable, "scripts/train.py", *args, "--batch-size", "64", "--cpu-devices", "2"]
+        + ["--out", str(tmp_path / "run"), "--no-progress"],
+        env={**env, "JAX_PLATFORMS": "cpu"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 device(s) cpu" in proc.stdout
+    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["cpu_devices"] == 2
