@@ -126,6 +126,34 @@ def test_train_and_evaluate_tunes_the_cpu_only_for_large_steps(monkeypatch, caps
         train._tune_cpu_runtime(big)
 
 
+def test_resumed_run_tunes_the_cpu_for_its_own_model(monkeypatch, tmp_path):
+    """--resume with only --out: the device split follows the saved run, not the CLI defaults."""
+    from vitjax import checkpoint as ck
+    from vitjax import train
+
+    splits = []
+    monkeypatch.setattr(runtime, "keep_freed_memory_for", lambda step_bytes: "kept")
+    monkeypatch.setattr(runtime, "split_cpu_into_devices", lambda n: splits.append(n) or True)
+    monkeypatch.setattr(runtime, "cpu_count", lambda: 2)
+    monkeypatch.delenv(runtime.CPU_DEVICES_ENV, raising=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop() -> None:
+        raise Stop
+
+    monkeypatch.setattr(train, "maybe_initialize_distributed", stop)
+    saved = train.RunConfig(out=str(tmp_path), model="vit_small_patch16_224", batch_size=32)
+    ck.write_json(tmp_path / ck.RUN_CONFIG_NAME, saved.to_dict())
+    with pytest.raises(Stop):
+        train.train_and_evaluate(train.RunConfig(out=str(tmp_path), resume=True))
+    assert splits == [2]  # the CLI's default model would have stayed on one device
+    assert train.resumed_config(train.RunConfig(out=str(tmp_path), epochs=3)).model != (
+        saved.model
+    )  # not resuming: the given config
+
+
 def test_cpu_devices_for_divides_the_batch_and_keeps_rows_per_device():
     from vitjax.configs import get_config
 

@@ -466,6 +466,17 @@ def _log(msg: str, cfg: RunConfig) -> None:
         print(msg, flush=True)
 
 
+def resumed_config(cfg: RunConfig) -> RunConfig:
+    """For --resume: the config saved in OUT, with cfg's RESUME_OVERRIDES; else cfg itself."""
+    from vitjax import checkpoint as ck
+
+    saved_path = Path(cfg.out) / ck.RUN_CONFIG_NAME
+    if not cfg.resume or not saved_path.is_file():
+        return cfg
+    saved = RunConfig.from_dict(ck.read_json(saved_path))
+    return dataclasses.replace(saved, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES})
+
+
 def prepare_run_dir(cfg: RunConfig) -> RunConfig:
     """The run's config: saved in OUT for a new run, read back from OUT for --resume."""
     from vitjax import checkpoint as ck
@@ -475,19 +486,14 @@ def prepare_run_dir(cfg: RunConfig) -> RunConfig:
     if cfg.resume:
         if not saved_path.is_file():
             raise FileNotFoundError(f"--resume: {saved_path} missing; nothing to resume in {out}")
-        saved = RunConfig.from_dict(ck.read_json(saved_path))
-        default = RunConfig()
+        resumed, default = resumed_config(cfg), RunConfig()
         for f in dataclasses.fields(RunConfig):
-            given, kept = getattr(cfg, f.name), getattr(saved, f.name)
-            if (
-                f.name not in RESUME_OVERRIDES
-                and given != kept
-                and given != getattr(default, f.name)
-            ):
+            given, kept = getattr(cfg, f.name), getattr(resumed, f.name)
+            if given != kept and given != getattr(default, f.name):
                 warnings.warn(
                     f"--resume keeps the run's {f.name}={kept!r} (ignoring {given!r})", stacklevel=2
                 )
-        cfg = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES})
+        cfg = resumed
     else:
         ckpts = out / ck.CHECKPOINT_DIR
         trained = (ckpts.is_dir() and any(ckpts.iterdir())) or (out / ck.MODEL_DIR).exists()
@@ -677,7 +683,7 @@ def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
     from vitjax import checkpoint as ck
     from vitjax.models import count_params, param_shapes, save_pretrained
 
-    _tune_cpu_runtime(cfg)  # before JAX starts its backend
+    _tune_cpu_runtime(resumed_config(cfg))  # before JAX starts its backend; the run's own model
     maybe_initialize_distributed()
     mesh = make_mesh()
     check_batch_size(cfg.batch_size, mesh)
