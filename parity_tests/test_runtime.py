@@ -154,16 +154,22 @@ def test_resumed_run_tunes_the_cpu_for_its_own_model(monkeypatch, tmp_path):
     )  # not resuming: the given config
 
 
-def test_cpu_devices_for_divides_the_batch_and_keeps_rows_per_device():
+def test_cpu_devices_for_divides_the_batch_and_keeps_rows_per_device(monkeypatch):
     from vitjax.configs import get_config
 
     small = get_config("vit_small_patch16_224")  # 197 tokens
-    os.environ.pop(runtime.CPU_DEVICES_ENV, None)
+    monkeypatch.delenv(runtime.CPU_DEVICES_ENV, raising=False)
     assert runtime.cpu_devices_for(small, 32, cores=2) == 2
     assert runtime.cpu_devices_for(small, 32, cores=16) == 4  # 8 x 197 rows; 8 devices: 788
     assert runtime.cpu_devices_for(small, 30, cores=4) == 3  # 4 does not divide 30
     assert runtime.cpu_devices_for(small, 5, cores=2) == 1
     assert runtime.cpu_devices_for(small, 32, cores=1) == 1
+
+
+def _env_without_a_cpu_device_choice() -> dict[str, str]:
+    """os.environ less every variable that sets the CPU device count; JAX on the CPU."""
+    chosen = ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", runtime.CPU_DEVICES_ENV)
+    return {**{k: v for k, v in os.environ.items() if k not in chosen}, "JAX_PLATFORMS": "cpu"}
 
 
 SPLIT_PROBE = """
@@ -185,10 +191,9 @@ print(json.dumps([first, runtime.split_cpu_into_devices(2), jax.device_count(),
     ],
 )
 def test_split_cpu_into_devices_in_a_fresh_process(env, expected):
-    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
     out = subprocess.run(
         [sys.executable, "-c", SPLIT_PROBE],
-        env={**base, "JAX_PLATFORMS": "cpu", **env},
+        env={**_env_without_a_cpu_device_choice(), **env},
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -220,14 +225,12 @@ def test_available_memory_bytes_reads_this_machine():
 @pytest.mark.slow
 def test_train_cli_splits_the_cpu_when_asked(tmp_path):
     """scripts/train.py --cpu-devices 2: the run trains data parallel on two CPU devices."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-    env.pop(runtime.CPU_DEVICES_ENV, None)
     args = ["--model", "vit_tutorial_patch16_32", "--img-size", "16", "--epochs", "1"]
     args += ["--model-args", "patch_size=8", "embed_dim=16", "depth=1", "num_heads=2"]
     proc = subprocess.run(
         [sys.executable, "scripts/train.py", *args, "--batch-size", "64", "--cpu-devices", "2"]
         + ["--out", str(tmp_path / "run"), "--no-progress"],
-        env={**env, "JAX_PLATFORMS": "cpu"},
+        env=_env_without_a_cpu_device_choice(),
         cwd=ROOT,
         capture_output=True,
         text=True,
