@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from devtools import bench, matmul_bound
 
-from vitjax import bench, matmul_bound
-from vitjax.configs import get_config
+from vitjax.registry import get_config
 
 
 def test_forward_flops_counts_every_matmul():

@@ -14,7 +14,7 @@ import pytest
 
 from parity_tests.test_safety import NAME, TINY, load_script
 from parity_tests.test_train_cli import TINY_FLAGS, write_digit_folder
-from vitjax import models
+from vitjax import factory as models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_train_bad_image_fails_naming_it(bad_folder, tmp_path, capsys):
 
 def test_train_skip_bad_skips_and_counts(bad_folder, capsys):
     """--skip-bad: the run's data leaves the unreadable image out and says how many it skipped."""
-    from vitjax.train import RunConfig, load_datasets
+    from vitjax.training.run import RunConfig, load_datasets
 
     root, bad, argv = bad_folder
     train = load_script("train.py")

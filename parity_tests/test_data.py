@@ -14,7 +14,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import pil_loader
 
 from parity_tests.parity import assert_close
-from vitjax import data
+from vitjax.training import data
 
 ATOL = 1e-6  # float32 eval arrays; the same IEEE ops on both sides, so diffs are expected to be 0
 MAX_DIFFS: dict[str, float] = {}

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from parity_tests.test_train_cli import TINY_FLAGS, TINY_RUN, script
-from vitjax import checkpoint as ck
-from vitjax import train as vtrain
-from vitjax.io import load_state_dict
-from vitjax.train import RunConfig, train_and_evaluate
+from vitjax import training as vtrain
+from vitjax.training import checkpoints as ck
+from vitjax.training.run import RunConfig, train_and_evaluate
+from vitjax.weights.files import load_state_dict
 
 EPOCHS = 3
 
@@ -147,7 +147,7 @@ def test_failed_model_write_keeps_the_old_one(tmp_path, monkeypatch):
     """A model dir rewrite that fails midway (disk full) leaves the old dir intact."""
     from safetensors import numpy as stnp
 
-    from vitjax.io import write_pretrained_dir
+    from vitjax.weights.files import write_pretrained_dir
 
     config = {"model_config": {"depth": 1}}
     write_pretrained_dir(tmp_path / "model", config, {"w": np.ones(3, np.float32)})

@@ -17,8 +17,8 @@ import vitjax
 import vittorch
 from parity_tests.helpers import nchw, randomize_, torch_state
 from parity_tests.parity import assert_close, diff_report
-from vitjax import convert
-from vitjax.configs import ViTConfig
+from vitjax.models.vit_config import ViTConfig
+from vitjax.weights import convert
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def base_images():
 
 
 def test_vit_base_patch16_224_param_count_pinned(timm_base):
-    shapes = vitjax.models.param_shapes(
+    shapes = vitjax.factory.param_shapes(
         vitjax.VisionTransformer(vitjax.get_config("vit_base_patch16_224"))
     )
     counts = {
@@ -84,7 +84,7 @@ def test_torch_flax_torch_round_trip_is_bit_exact(name):
     net = randomize_(vittorch.create_model(name, depth=2))
     model = vitjax.VisionTransformer(vitjax.get_config(name, depth=2))
     sd = torch_state(net)
-    back = convert.flax_to_torch(vitjax.models.variables_from_state_dict(model, sd)["params"])
+    back = convert.flax_to_torch(vitjax.factory.variables_from_state_dict(model, sd)["params"])
     assert set(back) == set(sd)
     for k in sd:
         assert back[k].dtype == sd[k].dtype and np.array_equal(back[k], sd[k]), k
@@ -121,8 +121,8 @@ def test_wrong_shapes_name_every_key(tmp_path):
         vitjax.create_model("vit_tiny_patch16_224", depth=2, checkpoint_path=path)
     msg = str(e.value)
     assert str(path) in msg
-    assert "blocks_1/mlp/fc1/kernel: expected (192, 768), found (192, 5)" in msg
-    assert "missing key norm/bias" in msg and "unexpected key extra/scale" in msg
+    assert "blocks.1.mlp.fc1.weight: expected (768, 192), found (5, 192)" in msg
+    assert "missing key norm.bias" in msg and "unexpected key extra.weight" in msg
 
 
 def test_new_head_when_num_classes_changes(tmp_path):
@@ -148,7 +148,7 @@ def test_converted_weights_do_not_follow_the_torch_model():
     for _ in range(20):  # a race: several trials
         sd = net.state_dict()
         want = {k: v.numpy().copy() for k, v in sd.items()}
-        variables = vitjax.models.variables_from_state_dict(
+        variables = vitjax.factory.variables_from_state_dict(
             model, {k: v.numpy() for k, v in sd.items()}
         )
         with torch.no_grad():

@@ -9,8 +9,10 @@ import torch
 import vittorch.vit as tv
 from parity_tests.helpers import flax_twin, nchw, randomize_
 from parity_tests.parity import assert_close
-from vitjax import vit as jv
-from vitjax.configs import ViTConfig, to_2tuple
+from vitjax.layers import LayerScale
+from vitjax.models import vit as jv
+from vitjax.models.vit_config import ViTConfig
+from vitjax.util import to_2tuple
 
 BASE = dict(img_size=(20, 28), patch_size=4, embed_dim=24, depth=2, num_heads=3, num_classes=5)
 CONFIGS = {
@@ -66,7 +68,7 @@ def test_patch_embed_matches_torch(name):
     cfg = ViTConfig(**CONFIGS[name])
     x = _images(cfg, 3)
     t = randomize_(tv.PatchEmbed(cfg))
-    j = jv.PatchEmbed(cfg)
+    j = jv.patch_embed_for(cfg)
     out = j.apply(flax_twin(j, t, x), x)
     with torch.no_grad():
         ref = t(nchw(x)).numpy()
@@ -77,7 +79,7 @@ def test_patch_embed_matches_torch(name):
 def test_attention_matches_torch(name):
     cfg = ViTConfig(**CONFIGS[name])
     x = _tokens(cfg, 2)
-    _compare_on_tokens(tv.Attention(cfg), jv.Attention(cfg), x, f"Attention[{name}]")
+    _compare_on_tokens(tv.Attention(cfg), jv.attention_for(cfg), x, f"Attention[{name}]")
 
 
 @pytest.mark.parametrize("name", ["plain", "odd_width_rect_patch", "clip_style", "notebook_scale"])
@@ -85,7 +87,7 @@ def test_mlp_matches_torch(name):
     cfg = ViTConfig(**CONFIGS[name])
     x = _tokens(cfg, 3)
     _compare_on_tokens(
-        tv.Mlp(cfg, cfg.embed_dim, cfg.mlp_hidden), jv.Mlp(cfg, cfg.mlp_hidden), x, f"Mlp[{name}]"
+        tv.Mlp(cfg, cfg.embed_dim, cfg.mlp_hidden), jv.mlp_for(cfg), x, f"Mlp[{name}]"
     )
 
 
@@ -98,14 +100,14 @@ def test_block_matches_torch(name):
 
 def test_layer_scale_matches_torch():
     x = _tokens(ViTConfig(**BASE), 2)
-    _compare_on_tokens(tv.LayerScale(24, 0.1), jv.LayerScale(24, 0.1), x, "LayerScale")
+    _compare_on_tokens(tv.LayerScale(24, 0.1), LayerScale(24, 0.1), x, "LayerScale")
 
 
 def test_attention_pool_matches_torch():
     cfg = ViTConfig(**CONFIGS["map_head"])
     x = _tokens(cfg, 3, n=11)
     _compare_on_tokens(
-        tv.AttentionPoolLatent(cfg), jv.AttentionPoolLatent(cfg), x, "AttentionPoolLatent"
+        tv.AttentionPoolLatent(cfg), jv.attn_pool_for(cfg), x, "AttentionPoolLatent"
     )
 
 

@@ -12,21 +12,21 @@ import numpy as np
 import pytest
 import timm
 import torch
-from timm.layers import resample_abs_pos_embed as timm_resample
-
-from parity_tests.parity import assert_close
-from vitjax.configs import get_config
-from vitjax.convert import WeightMismatchError
-from vitjax.models import create_model
-from vitjax.timm_compat import adapt_pos_embed
-from vitjax.timm_verify import (
+from devtools.timm_verify import (
     flax_forward,
     images,
     make_timm,
     save_timm_checkpoint,
     timm_forward,
 )
-from vitjax.vit import resample_abs_pos_embed
+from timm.layers import resample_abs_pos_embed as timm_resample
+
+from parity_tests.parity import assert_close
+from vitjax.factory import create_model
+from vitjax.models.vit import resample_abs_pos_embed
+from vitjax.models.vit_timm import adapt_pos_embed
+from vitjax.registry import get_config
+from vitjax.weights.convert import WeightMismatchError
 
 GRIDS = {
     "up_square": ((14, 14), (24, 24)),

@@ -1,4 +1,5 @@
-"""vitjax.runtime.keep_freed_memory: XLA:CPU's freed temporaries are reused, not faulted in again.
+"""devtools.cpu_tuning.keep_freed_memory (opt-in: scripts/train.py --keep-freed-memory):
+XLA:CPU's freed temporaries are reused, not faulted in again.
 
 Counted, not timed: the page faults (ru_minflt) of the calls of a jitted function with ~130 MB of
 temporaries, in a fresh process, with the setting on and off. With glibc's defaults every call
@@ -8,8 +9,8 @@ grows by one more block (those calls fault like the default). How often depends 
 with both cores busy, 3-6 of 30 calls grew the heap (CI once saw 3 of calls 7-12 do so), so the
 test counts fault-free calls instead of expecting a settled tail.
 
-vitjax.runtime.split_cpu_into_devices / cpu_devices_for: one CPU device per core for big steps
-(the rule, and the setting in a fresh process, where the user's own choice wins).
+cpu_tuning.split_cpu_into_devices / cpu_devices_for: one CPU device per core (the benchmark's
+rule, and the setting in a fresh process, where the user's own choice wins).
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from vitjax import runtime
+from devtools import cpu_tuning as runtime
 
 ROOT = Path(__file__).resolve().parents[1]
+PYTHONPATH = os.pathsep.join([str(ROOT / "scripts"), str(ROOT)])  # devtools, vitjax
 
 PROBE = r"""
 import json, resource, sys
-from vitjax.runtime import keep_freed_memory
+from devtools.cpu_tuning import keep_freed_memory
 applied = keep_freed_memory()
 import jax, jax.numpy as jnp
 x = jnp.ones((65536, 256), jnp.float32)  # 64 MB
@@ -45,7 +46,7 @@ print(json.dumps({"applied": applied, "late": late, "faults": faults}))
 
 
 def probe(keep: bool) -> dict:
-    env = {**os.environ, runtime.ENV: "1" if keep else "0", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, runtime.ENV: "1" if keep else "0", "PYTHONPATH": PYTHONPATH}
     out = subprocess.run(
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300
     )
@@ -76,86 +77,8 @@ def test_keep_freed_memory_refuses_after_backend_started(monkeypatch):
     assert runtime.keep_freed_memory() is False
 
 
-def test_train_and_evaluate_tunes_the_cpu_only_for_large_steps(monkeypatch, capsys):
-    from vitjax import train
-
-    calls, splits = [], []
-    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
-    monkeypatch.setattr(runtime, "split_cpu_into_devices", lambda n: splits.append(n) or n > 1)
-    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 24 * 2**30)
-    monkeypatch.setattr(runtime, "cpu_count", lambda: 2)
-    monkeypatch.delenv(runtime.CPU_DEVICES_ENV, raising=False)
-    # make demo's model: ~5 MB of activations, below glibc's 64 MB thread heaps: left alone;
-    # 8 examples x 17 tokens per core is too little to split the cores into devices
-    demo = train.RunConfig(
-        model="vit_tutorial_patch16_32",
-        model_args={"patch_size": 4, "embed_dim": 64, "depth": 3, "num_heads": 4},
-        img_size=16,
-        batch_size=16,
-        progress=False,
-    )
-    assert runtime.step_activation_bytes(train.get_config_for_run(demo), 16) < runtime.LARGE_BLOCK
-    train._tune_cpu_runtime(demo)
-    assert not calls and splits == [1]
-    # the tutorial model at 224 px, batch 32: ~600 MB estimated (XLA's temp is 723 MB); 16 x 65
-    # token rows per core
-    big = train.RunConfig(model="vit_tutorial_patch28_224", batch_size=32, progress=False)
-    train._tune_cpu_runtime(big)
-    assert calls == [1] and splits == [1, 2]
-    # at batch 8 the tutorial model stays on one device; an odd batch does not split either
-    for b in (8, 33):
-        train._tune_cpu_runtime(train.RunConfig(model="vit_tutorial_patch28_224", batch_size=b))
-    assert splits == [1, 2, 1, 1]
-    # an unknown name is build_model's to report
-    train._tune_cpu_runtime(train.RunConfig(model="no_such_vit"))
-    assert len(splits) == 4
-    # vit_base at batch 32 (~7 GB of activations) could keep 28 GB: not on a 24 GiB machine
-    base = train.RunConfig(model="vit_base_patch16_224", batch_size=32, progress=False)
-    capsys.readouterr()
-    calls.clear()
-    train._tune_cpu_runtime(base)
-    assert not calls and splits[-1] == 2
-    assert "glibc's defaults kept" in capsys.readouterr().out
-    # the run's own choice, and the environment's, win over the rule
-    train._tune_cpu_runtime(train.RunConfig(model="vit_tutorial_patch16_32", cpu_devices=4))
-    monkeypatch.setenv(runtime.CPU_DEVICES_ENV, "1")
-    train._tune_cpu_runtime(big)
-    assert splits[-2:] == [4, 1]
-    monkeypatch.setenv(runtime.CPU_DEVICES_ENV, "two")
-    with pytest.raises(ValueError, match="VITJAX_CPU_DEVICES='two'"):
-        train._tune_cpu_runtime(big)
-
-
-def test_resumed_run_tunes_the_cpu_for_its_own_model(monkeypatch, tmp_path):
-    """--resume with only --out: the device split follows the saved run, not the CLI defaults."""
-    from vitjax import checkpoint as ck
-    from vitjax import train
-
-    splits = []
-    monkeypatch.setattr(runtime, "keep_freed_memory_for", lambda step_bytes: "kept")
-    monkeypatch.setattr(runtime, "split_cpu_into_devices", lambda n: splits.append(n) or True)
-    monkeypatch.setattr(runtime, "cpu_count", lambda: 2)
-    monkeypatch.delenv(runtime.CPU_DEVICES_ENV, raising=False)
-
-    class Stop(Exception):
-        pass
-
-    def stop() -> None:
-        raise Stop
-
-    monkeypatch.setattr(train, "maybe_initialize_distributed", stop)
-    saved = train.RunConfig(out=str(tmp_path), model="vit_small_patch16_224", batch_size=32)
-    ck.write_json(tmp_path / ck.RUN_CONFIG_NAME, saved.to_dict())
-    with pytest.raises(Stop):
-        train.train_and_evaluate(train.RunConfig(out=str(tmp_path), resume=True))
-    assert splits == [2]  # the CLI's default model would have stayed on one device
-    assert train.resumed_config(train.RunConfig(out=str(tmp_path), epochs=3)).model != (
-        saved.model
-    )  # not resuming: the given config
-
-
 def test_cpu_devices_for_divides_the_batch_and_keeps_rows_per_device(monkeypatch):
-    from vitjax.configs import get_config
+    from vitjax.registry import get_config
 
     small = get_config("vit_small_patch16_224")  # 197 tokens
     monkeypatch.delenv(runtime.CPU_DEVICES_ENV, raising=False)
@@ -169,12 +92,13 @@ def test_cpu_devices_for_divides_the_batch_and_keeps_rows_per_device(monkeypatch
 def _env_without_a_cpu_device_choice() -> dict[str, str]:
     """os.environ less every variable that sets the CPU device count; JAX on the CPU."""
     chosen = ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", runtime.CPU_DEVICES_ENV)
-    return {**{k: v for k, v in os.environ.items() if k not in chosen}, "JAX_PLATFORMS": "cpu"}
+    env = {k: v for k, v in os.environ.items() if k not in chosen}
+    return {**env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": PYTHONPATH}
 
 
 SPLIT_PROBE = """
 import json, os, sys
-from vitjax import runtime
+from devtools import cpu_tuning as runtime
 first = runtime.split_cpu_into_devices(2)
 import jax
 print(json.dumps([first, runtime.split_cpu_into_devices(2), jax.device_count(),
@@ -224,11 +148,12 @@ def test_available_memory_bytes_reads_this_machine():
 
 @pytest.mark.slow
 def test_train_cli_splits_the_cpu_when_asked(tmp_path):
-    """scripts/train.py --cpu-devices 2: the run trains data parallel on two CPU devices."""
+    """vitjax-train --cpu-devices 2: the run trains data parallel on two CPU devices."""
     args = ["--model", "vit_tutorial_patch16_32", "--img-size", "16", "--epochs", "1"]
     args += ["--model-args", "patch_size=8", "embed_dim=16", "depth=1", "num_heads=2"]
     proc = subprocess.run(
-        [sys.executable, "scripts/train.py", *args, "--batch-size", "64", "--cpu-devices", "2"]
+        [sys.executable, "-m", "vitjax.cli.train", *args, "--batch-size", "64"]
+        + ["--cpu-devices", "2"]
         + ["--out", str(tmp_path / "run"), "--no-progress"],
         env=_env_without_a_cpu_device_choice(),
         cwd=ROOT,
@@ -238,4 +163,4 @@ def test_train_cli_splits_the_cpu_when_asked(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 device(s) cpu" in proc.stdout
-    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["cpu_devices"] == 2
+    assert "cpu_devices" not in json.loads((tmp_path / "run" / "run_config.json").read_text())

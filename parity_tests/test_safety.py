@@ -17,9 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vitjax import checkpoint as ck
-from vitjax import data, io, models
-from vitjax.convert import WeightMismatchError
+from vitjax import factory as models
+from vitjax.models.vit import VisionTransformer
+from vitjax.registry import get_config
+from vitjax.training import checkpoints as ck
+from vitjax.training import data
+from vitjax.weights import files as io
+from vitjax.weights.convert import WeightMismatchError
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "vit_tutorial_patch16_32"
@@ -197,7 +201,7 @@ def test_corrupt_pretrained_dir_names_the_file(tiny, tmp_path):
 
 
 def _mismatch(path: Path, **overrides) -> str:
-    model = models.VisionTransformer(models.get_config(NAME, **{**TINY, **overrides}))
+    model = VisionTransformer(get_config(NAME, **{**TINY, **overrides}))
     with pytest.raises(WeightMismatchError) as info:
         models.load_checkpoint(model, path)
     return str(info.value)
@@ -207,16 +211,16 @@ def test_mismatch_lists_every_key_and_shape(tiny):
     path = tiny[0] / "tiny.safetensors"
     msg = _mismatch(path, num_classes=5)
     assert str(path) in msg
-    assert "head/kernel: expected (32, 5), found (32, 3)" in msg
-    assert "head/bias: expected (5,), found (3,)" in msg
+    assert "head.weight: expected (5, 32), found (3, 32)" in msg
+    assert "head.bias: expected (5,), found (3,)" in msg
     msg = _mismatch(path, num_classes=3, depth=2)
     missing = {line.split()[2].rstrip(":") for line in msg.splitlines() if "missing key" in line}
-    assert len(missing) == 11 and all(k.startswith("blocks_1/") for k in missing), msg
+    assert len(missing) == 11 and all(k.startswith("blocks.1.") for k in missing), msg
     msg = _mismatch(path, num_classes=3, qkv_bias=True)
-    assert "missing key blocks_0/attn/qkv/bias: expected shape (96,)" in msg, msg
-    model = models.VisionTransformer(models.get_config(NAME, **TINY, num_classes=3))
+    assert "missing key blocks.0.attn.qkv.bias: expected shape (96,)" in msg, msg
+    model = VisionTransformer(get_config(NAME, **TINY, num_classes=3))
     extra = {**tiny[3], "blocks.0.ls1.gamma": np.ones(32, np.float32)}
-    with pytest.raises(WeightMismatchError, match=r"unexpected key blocks_0/ls1/\w+: shape"):
+    with pytest.raises(WeightMismatchError, match=r"unexpected key blocks\.0\.ls1\.gamma: shape"):
         models.load_checkpoint(model, extra)
     msg = _mismatch(path, num_classes=3, embed_dim=64, num_heads=2)
     wrong = [line for line in msg.splitlines() if "wrong shape" in line]
@@ -230,7 +234,7 @@ def test_wrong_model_name_for_checkpoint(tiny):
         models.create_model("vit_small_patch16_224", checkpoint_path=path)
     msg = str(info.value)
     assert "wrong shape for cls_token: expected (1, 1, 384), found (1, 1, 32)" in msg
-    assert "missing key blocks_11/" in msg
+    assert "missing key blocks.11." in msg
 
 
 def test_new_head_and_img_size_are_explicit(tiny):

@@ -23,7 +23,7 @@ import torch
 from timm.scheduler import CosineLRScheduler
 
 from parity_tests.parity import assert_close
-from vitjax import schedules
+from vitjax.training import schedules
 
 RTOL_F64 = 1e-10
 RTOL_F32 = 1e-6

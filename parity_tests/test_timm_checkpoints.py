@@ -11,16 +11,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from devtools.timm_verify import flax_forward, images, make_timm, timm_forward
 from safetensors.torch import save_file
 from timm.models import load_checkpoint
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from parity_tests.parity import assert_close
-from vitjax.convert import WeightMismatchError
-from vitjax.io import CheckpointError
-from vitjax.models import create_model
-from vitjax.timm_compat import UnsupportedModelError
-from vitjax.timm_verify import flax_forward, images, make_timm, timm_forward
+from vitjax.factory import create_model
+from vitjax.models.vit_timm import UnsupportedModelError
+from vitjax.weights.convert import WeightMismatchError
+from vitjax.weights.files import CheckpointError
 
 CLIP_SWAPS = [
     ("patch_embed.proj", "conv1"), ("pos_embed", "positional_embedding"),
@@ -180,7 +180,7 @@ def test_wrong_model_name_names_keys_and_shapes(tmp_path):
     msg = str(e.value)
     assert "small.safetensors does not fit the model" in msg
     assert "wrong shape for cls_token: expected (1, 1, 192), found (1, 1, 384)" in msg
-    assert "missing key blocks_11/norm1/scale" in msg
+    assert "missing key blocks.11.norm1.weight" in msg
     assert "the checkpoint holds: embed_dim=384, patch_size=(16, 16), depth=2" in msg
 
 
@@ -197,7 +197,7 @@ def test_unreadable_and_foreign_files_are_named(tmp_path):
 
 
 def test_filter_keeps_plain_timm_state_dicts_unchanged():
-    from vitjax.timm_compat import filter_state_dict
+    from vitjax.models.vit_timm import filter_state_dict
 
     sd = {k: v.numpy() for k, v in _sd(make_timm("test_vit3")).items()}
     out = filter_state_dict(sd)

@@ -17,12 +17,12 @@ import huggingface_hub
 import numpy as np
 import pytest
 import timm
+from devtools.timm_verify import flax_forward, images, make_timm, timm_forward
 from safetensors.torch import save_file
 
 from parity_tests.parity import assert_close
-from vitjax import hub
-from vitjax.models import create_model, load_pretrained, save_pretrained
-from vitjax.timm_verify import flax_forward, images, make_timm, timm_forward
+from vitjax.factory import create_model, load_pretrained, save_pretrained
+from vitjax.weights import hub
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -157,7 +157,7 @@ for key, name, path, kw in [
     ("hub", "deit_tiny_patch16_224", None, dict(depth=1)),
 ]:
     model, variables = vitjax.create_model(name, path is None, path, **kw)
-    size = vitjax.configs.to_2tuple(model.cfg.img_size)
+    size = vitjax.util.to_2tuple(model.cfg.img_size)
     out[key] = np.asarray(model.apply(variables, x[:, : size[0], : size[1]]))
 assert "torch" not in sys.modules and "timm" not in sys.modules
 np.savez(sys.argv[4], **out)
@@ -165,7 +165,7 @@ np.savez(sys.argv[4], **out)
 
 
 def test_vitjax_reads_timm_files_without_torch(offline_cache, tmp_path):
-    from vitjax.timm_verify import save_timm_checkpoint
+    from devtools.timm_verify import save_timm_checkpoint
 
     deit3 = make_timm("deit3_small_patch16_224", depth=2)
     d3 = save_timm_checkpoint(deit3, tmp_path / "d3", "safetensors")

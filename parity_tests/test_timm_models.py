@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from devtools.timm_verify import check_name, images
 
 import vittorch
 from parity_tests.parity import assert_close
-from vitjax.configs import get_config
-from vitjax.timm_verify import check_name, images
+from vitjax.registry import get_config
 
 # (timm name, file format, create_model kwargs); depth=2 keeps every feature of the family.
 CASES = [
@@ -58,7 +58,7 @@ def test_timm_model_matches_torch(name, fmt, kwargs, tmp_path):
 
 @pytest.mark.parametrize("name,fmt,kwargs", CASES[::4], ids=[n for n, _, _ in CASES[::4]])
 def test_vittorch_model_matches_torch(name, fmt, kwargs):
-    from vitjax.timm_verify import make_timm, timm_forward
+    from devtools.timm_verify import make_timm, timm_forward
 
     module = make_timm(name, **kwargs)
     x = images(module)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import timm
+from devtools.timm_verify import flax_forward, images, make_timm, timm_forward
 
 from parity_tests.parity import assert_close
-from vitjax.io import CheckpointError
-from vitjax.models import create_model
-from vitjax.npz import load_npz, save_npz, to_npz_arrays
-from vitjax.timm_verify import flax_forward, images, make_timm, timm_forward
+from vitjax.factory import create_model
+from vitjax.weights.files import CheckpointError
+from vitjax.weights.npz import load_npz, save_npz, to_npz_arrays
 
 # (timm name, layout, stacked, prefix, kwargs)
 NPZ_CASES = [

@@ -12,6 +12,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from devtools.timm_verify import flax_forward, randomize_, timm_forward
 from timm.layers import AttentionPoolLatent, SwiGLUPacked
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import ResPostBlock, VisionTransformer
@@ -19,8 +20,7 @@ from timm.models.vision_transformer import ResPostBlock, VisionTransformer
 import vitjax
 import vittorch
 from parity_tests.parity import assert_close
-from vitjax.timm_compat import UnsupportedModelError, config_from_timm
-from vitjax.timm_verify import flax_forward, randomize_, timm_forward
+from vitjax.models.vit_timm import UnsupportedModelError, config_from_timm
 
 BASE = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=5)
 

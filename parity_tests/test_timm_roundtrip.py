@@ -18,17 +18,17 @@ import numpy as np
 import pytest
 import timm
 import torch
-
-from parity_tests.parity import assert_close
-from parity_tests.test_timm_hub import lay_out_cache
-from vitjax.models import create_model, load_pretrained, to_timm_state_dict
-from vitjax.timm_verify import (
+from devtools.timm_verify import (
     flax_forward,
     images,
     make_timm,
     save_timm_checkpoint,
     timm_forward,
 )
+
+from parity_tests.parity import assert_close
+from parity_tests.test_timm_hub import lay_out_cache
+from vitjax.factory import create_model, load_pretrained, to_timm_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "convert_timm.py"

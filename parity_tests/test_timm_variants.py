@@ -9,8 +9,9 @@ import timm
 import torch
 
 import vitjax
-from vitjax.configs import VARIANTS, get_config, list_models
-from vitjax.timm_compat import UnsupportedModelError, config_from_timm
+from vitjax.models.vit_config import VARIANTS
+from vitjax.models.vit_timm import UnsupportedModelError, config_from_timm
+from vitjax.registry import get_config, list_models
 
 TIMM_NAMES = [n for n in VARIANTS if timm.is_model(n)]
 

@@ -14,11 +14,13 @@ import torch
 
 import vittorch
 from parity_tests.parity import assert_close
-from vitjax import convert, schedules
-from vitjax import train as jtrain
-from vitjax.configs import ViTConfig, get_config
-from vitjax.models import init_variables, variables_from_state_dict
-from vitjax.vit import VisionTransformer
+from vitjax import training as jtrain
+from vitjax.factory import init_variables, variables_from_state_dict
+from vitjax.models.vit import VisionTransformer
+from vitjax.models.vit_config import ViTConfig
+from vitjax.registry import get_config
+from vitjax.training import schedules
+from vitjax.weights import convert
 from vittorch import train as ttrain
 
 CONFIGS = {

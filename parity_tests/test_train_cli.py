@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from parity_tests.parity import assert_close
-from vitjax import checkpoint as ck
-from vitjax.train import RunConfig, prepare_run_dir, train_and_evaluate
+from vitjax.training import checkpoints as ck
+from vitjax.training.run import RunConfig, prepare_run_dir, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 16}
@@ -87,7 +87,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     b = ck.read_metrics(tmp_path / "split" / ck.METRICS_NAME)
     assert [r["epoch"] for r in b] == [1, 2, 3, 4]
     assert a == b, f"resumed run differs:\n{a}\n{b}"
-    from vitjax.io import load_state_dict
+    from vitjax.weights.files import load_state_dict
 
     wa = load_state_dict(tmp_path / "straight" / ck.MODEL_DIR)
     wb = load_state_dict(tmp_path / "split" / ck.MODEL_DIR)
@@ -218,7 +218,7 @@ def test_finetune_from_safetensors_file(tmp_path):
         )
     )
     assert len(hist) == 1 and np.isfinite(hist[0]["train_loss"])
-    from vitjax.io import load_state_dict
+    from vitjax.weights.files import load_state_dict
 
     after = load_state_dict(tmp_path / "run" / ck.MODEL_DIR)
     assert after["head.weight"].shape == (3, 192)

@@ -21,8 +21,8 @@ import torch
 
 from parity_tests.parity import assert_close
 from parity_tests.test_train import compare_params, make_batches, make_pair, report, to_torch
-from vitjax import train as jtrain
-from vitjax.configs import ViTConfig
+from vitjax import training as jtrain
+from vitjax.models.vit_config import ViTConfig
 from vittorch import train as ttrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +31,10 @@ DATA_PARALLEL = r"""
 import json, sys
 import jax, numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
-from vitjax import train as T
-from vitjax.configs import ViTConfig
-from vitjax.models import init_variables
-from vitjax.vit import VisionTransformer
+from vitjax import training as T
+from vitjax.models.vit_config import ViTConfig
+from vitjax.factory import init_variables
+from vitjax.models.vit import VisionTransformer
 
 assert jax.device_count() == 4, jax.devices()
 cfg = ViTConfig(img_size=16, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=3,
@@ -116,7 +116,7 @@ def test_train_step_bf16_matches_torch(config):
         autocast_dtype=torch.bfloat16,
     )["losses"]
 
-    from vitjax.vit import VisionTransformer
+    from vitjax.models.vit import VisionTransformer
 
     model = VisionTransformer(cfg, dtype=jnp.bfloat16)
     state = jtrain.create_train_state(model, variables, jtrain.make_optimizer("adam", 1e-3))

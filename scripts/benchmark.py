@@ -15,9 +15,9 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__))]  # devtools
 
-from vitjax import bench  # noqa: E402
+from devtools import bench  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parent)]  # devtools
 
-from vitjax.timm_verify import coverage_row, timm_vit_names  # noqa: E402
+from devtools.timm_verify import coverage_row, timm_vit_names  # noqa: E402
 
 FULL_DEPTH = (
     "vit_base_patch16_224", "vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224",

@@ -1,7 +1,7 @@
 """vitjax: timm's Vision Transformers in JAX/Flax, proven identical to PyTorch.
 
-Attributes load lazily, so ``import vitjax.configs`` (used by vittorch) needs no jax, and
-``import vitjax`` never imports torch.
+Attributes load lazily: ``import vitjax`` imports neither torch nor the training stack (optax,
+grain, orbax), and ``vitjax.models.vit_config`` (used by vittorch) needs no jax.
 """
 
 from __future__ import annotations
@@ -10,22 +10,22 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ViTConfig": "vitjax.configs",
-    "VARIANTS": "vitjax.configs",
-    "get_config": "vitjax.configs",
-    "list_models": "vitjax.configs",
-    "VisionTransformer": "vitjax.vit",
-    "create_model": "vitjax.models",
-    "from_timm": "vitjax.models",
-    "to_timm_state_dict": "vitjax.models",
-    "save_pretrained": "vitjax.models",
-    "load_pretrained": "vitjax.models",
-    "load_checkpoint": "vitjax.models",
-    "init_variables": "vitjax.models",
-    "count_params": "vitjax.models",
+    "ViTConfig": "vitjax.models.vit_config",
+    "VARIANTS": "vitjax.models.vit_config",
+    "get_config": "vitjax.registry",
+    "list_models": "vitjax.registry",
+    "VisionTransformer": "vitjax.models.vit",
+    "create_model": "vitjax.factory",
+    "from_timm": "vitjax.factory",
+    "to_timm_state_dict": "vitjax.factory",
+    "save_pretrained": "vitjax.factory",
+    "load_pretrained": "vitjax.factory",
+    "load_checkpoint": "vitjax.factory",
+    "init_variables": "vitjax.factory",
+    "count_params": "vitjax.factory",
 }
 
-_SUBMODULES = ("configs", "convert", "data", "io", "models", "runtime", "schedules", "train", "vit")
+_SUBMODULES = ("cli", "factory", "layers", "models", "registry", "training", "util", "weights")
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 
@@ -41,4 +41,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vitjax.configs import VARIANTS, ViTConfig, get_config, list_models
+from vitjax.models.vit_config import VARIANTS, ViTConfig
+from vitjax.registry import get_config, list_models
 from vittorch.vit import (
     Attention,
     AttentionPoolLatent,

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitjax.configs import ViTConfig, to_2tuple
+from vitjax.models.vit_config import ViTConfig
+from vitjax.util import to_2tuple
 
 
 class QuickGELU(nn.Module):

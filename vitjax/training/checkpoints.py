@@ -166,8 +166,8 @@ def load_trained(
 
     A weight file (.safetensors, .pth, .npz) needs model_name (and overrides such as num_classes).
     """
-    from vitjax import io
-    from vitjax.models import create_model, load_pretrained
+    from vitjax.factory import create_model, load_pretrained
+    from vitjax.weights import files as io
 
     path = Path(path)
     if not path.exists():
@@ -195,8 +195,8 @@ def predict_files(
     import jax.numpy as jnp
     import numpy as np
 
-    from vitjax import data
-    from vitjax.configs import to_2tuple
+    from vitjax.training import data
+    from vitjax.util import to_2tuple
 
     cfg = model.cfg
     input_size = (cfg.in_chans, *to_2tuple(cfg.img_size))

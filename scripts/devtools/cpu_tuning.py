@@ -45,7 +45,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vitjax.configs import ViTConfig
+    from vitjax.models.vit_config import ViTConfig
 
 ENV = "VITJAX_KEEP_FREED_MEMORY"
 CPU_DEVICES_ENV = "VITJAX_CPU_DEVICES"

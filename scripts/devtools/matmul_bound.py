@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from vitjax.bench import _timeit
-from vitjax.configs import ViTConfig, to_2tuple
+from devtools.bench import _timeit
+from vitjax.models.vit_config import ViTConfig
+from vitjax.util import to_2tuple
 
 
 class Matmul(NamedTuple):

@@ -7,6 +7,7 @@ the ``opt/target/``, ``params/`` and ``params/img/`` prefixes. Pure numpy.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
@@ -15,14 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npformat
 
-from vitjax.io import CheckpointError
+from vitjax.weights import validate
+from vitjax.weights.errors import CheckpointError
 
 _PREFIXES = ("", "opt/target/", "params/", "params/img/")
 _IGNORED = re.compile(r"^pre_logits/")  # representation layer, dropped by timm
 
 
 _AXES = {4: (3, 2, 0, 1), 3: (2, 0, 1), 2: (1, 0)}
+_HEADER_READERS = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}
 
 
 def _n2p(w: np.ndarray, t: bool = True) -> np.ndarray:
@@ -34,26 +38,108 @@ def _n2p(w: np.ndarray, t: bool = True) -> np.ndarray:
     return np.ascontiguousarray(w)
 
 
-class _Reader:
-    """Pops npz entries under one prefix, remembering which were used."""
+class _Archive:
+    """An .npz's entries, each read only when asked for; every header and size checked first."""
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], prefix: str, path: Any) -> None:
-        self.w = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+    def __init__(self, path: Any, budget: int | None = None) -> None:
+        self.path = path
+        try:
+            self.zip = zipfile.ZipFile(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise CheckpointError(f"{path}: not a readable .npz archive ({e})") from e
+        try:
+            self.members = {
+                info.filename.removesuffix(".npy"): self._header(info)
+                for info in self.zip.infolist()
+                if not info.is_dir()
+            }
+            self._check_size(validate.memory_budget() if budget is None else budget)
+        except CheckpointError:
+            self.zip.close()
+            raise
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            self.zip.close()
+            raise CheckpointError(f"{path}: not a readable .npz archive ({e})") from e
+
+    def _header(self, info: zipfile.ZipInfo) -> tuple[zipfile.ZipInfo, tuple[int, ...], Any]:
+        """(info, shape, dtype) from a member's .npy header; its declared size must match."""
+        with self.zip.open(info) as f:
+            version = npformat.read_magic(f)
+            read = _HEADER_READERS.get(version)
+            if read is None:
+                raise ValueError(f"entry {info.filename}: unsupported .npy version {version}")
+            shape, _, dtype = read(f)
+            header = f.tell()
+        if dtype.kind not in "fiu":
+            raise CheckpointError(
+                f"{self.path}: entry {info.filename} has non-numeric dtype {dtype} (raw bfloat16?)"
+            )
+        data = math.prod(shape) * dtype.itemsize
+        if info.file_size != header + data:  # a forged header, or a truncated member
+            raise CheckpointError(
+                f"{self.path}: entry {info.filename} declares shape {shape} {dtype} "
+                f"({data:,} bytes) but the archive says it holds {info.file_size - header:,}"
+            )
+        return info, tuple(shape), dtype
+
+    def _check_size(self, budget: int) -> None:
+        """Refuse entries whose declared (uncompressed) size is more than memory can hold."""
+        sizes = {k: m[0].file_size for k, m in self.members.items()}
+        total = sum(sizes.values())
+        if total > budget:
+            big = max(sizes, key=sizes.__getitem__)
+            shape, dtype = self.members[big][1:]
+            raise CheckpointError(
+                f"{self.path}: its entries would take {validate.gib(total)} uncompressed, more "
+                f"than the {validate.gib(budget)} of memory available (the largest, {big}, "
+                f"declares {shape} {dtype}; a zip bomb?)"
+            )
+
+    def keys(self) -> list[str]:
+        return list(self.members)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.members[key][1]
+
+    def read(self, key: str) -> np.ndarray:
+        """One entry's array (allow_pickle=False)."""
+        try:
+            with self.zip.open(self.members[key][0]) as f:
+                return npformat.read_array(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise CheckpointError(f"{self.path}: entry {key} is unreadable ({e})") from e
+
+    def close(self) -> None:
+        self.zip.close()
+
+
+class _Reader:
+    """Reads npz entries under one prefix on demand, remembering which were used."""
+
+    def __init__(self, archive: _Archive, prefix: str, path: Any) -> None:
+        self.archive = archive
+        self.names = {k[len(prefix) :]: k for k in archive.keys() if k.startswith(prefix)}
+        self.cache: dict[str, np.ndarray] = {}  # a stacked entry serves every block
         self.used: set[str] = set()
         self.path = path
 
     def has(self, key: str) -> bool:
-        return key in self.w
+        return key in self.names
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.archive.shape(self.names[key])
 
     def get(self, key: str, idx: int | None = None, t: bool = True) -> np.ndarray:
-        if key not in self.w:
+        if key not in self.names:
             raise CheckpointError(f"{self.path}: npz has no entry {key!r}")
         self.used.add(key)
-        w = np.asarray(self.w[key])
+        if key not in self.cache:
+            self.cache[key] = self.archive.read(self.names[key])
+        w = self.cache[key]
         return _n2p(w[idx] if idx is not None else w, t)
 
     def unused(self) -> list[str]:
-        return sorted(k for k in self.w if k not in self.used and not _IGNORED.match(k))
+        return sorted(k for k in self.names if k not in self.used and not _IGNORED.match(k))
 
 
 def _attention(
@@ -110,34 +196,37 @@ def _read_map_head(r: _Reader, sd: dict) -> None:
         sd[f"attn_pool.mlp.fc{j + 1}.bias"] = r.get(f"{bp}MlpBlock_0/Dense_{j}/bias")
 
 
-def _open(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_npz(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """timm-key state_dict (numpy) from a vit_jax or big_vision .npz checkpoint.
+
+    Entries are read one at a time, and only those the layout maps: a member whose declared size
+    exceeds max_bytes (default: the memory this process has left) is refused before any is read.
+    """
+    archive = _Archive(path, max_bytes)
     try:
-        with np.load(str(path), allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: not a readable .npz archive ({e})") from e
-    bad = sorted(k for k, v in arrays.items() if v.dtype.kind not in "fiu")
-    if bad:
-        raise CheckpointError(f"{path}: non-numeric (e.g. raw bfloat16) entries {bad[:5]}")
-    return arrays
+        return _read_layout(archive, path)
+    finally:
+        archive.close()
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """timm-key state_dict (numpy) from a vit_jax or big_vision .npz checkpoint."""
-    arrays = _open(path)
-    prefix = next((p for p in _PREFIXES if f"{p}embedding/kernel" in arrays), None)
+def _read_layout(archive: _Archive, path: Any) -> dict[str, np.ndarray]:
+    names = set(archive.keys())
+    prefix = next((p for p in _PREFIXES if f"{p}embedding/kernel" in names), None)
     if prefix is None:
         raise CheckpointError(
             f"{path}: no embedding/kernel under any of the prefixes {list(_PREFIXES)}: not a "
-            f"vit_jax / big_vision ViT checkpoint (first keys: {sorted(arrays)[:5]})"
+            f"vit_jax / big_vision ViT checkpoint (first keys: {sorted(names)[:5]})"
         )
-    r = _Reader(arrays, prefix, path)
+    r = _Reader(archive, prefix, path)
+    unused = _unknown(r)
+    if unused:  # before reading anything: an unknown entry is never decompressed
+        raise CheckpointError(f"{path}: npz entries vitjax does not know how to map: {unused[:20]}")
     stacked = r.has("Transformer/encoderblock/LayerNorm_0/scale")
     big_vision = prefix.startswith("params/") or r.has("pos_embedding") or stacked
     sd: dict[str, np.ndarray] = {}
-    kernel = np.asarray(r.w["embedding/kernel"])
-    if kernel.ndim != 4:
-        raise CheckpointError(f"{path}: embedding/kernel of shape {kernel.shape} is not a conv")
+    if len(r.shape("embedding/kernel")) != 4:
+        shape = r.shape("embedding/kernel")
+        raise CheckpointError(f"{path}: embedding/kernel of shape {shape} is not a conv")
     sd["patch_embed.proj.weight"] = r.get("embedding/kernel")
     if r.has("embedding/bias"):
         sd["patch_embed.proj.bias"] = r.get("embedding/bias")
@@ -153,16 +242,28 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if r.has("MAPHead_0/probe"):
         _read_map_head(r, sd)
     if stacked:
-        depth = r.w["Transformer/encoderblock/LayerNorm_0/scale"].shape[0]
+        depth = r.shape("Transformer/encoderblock/LayerNorm_0/scale")[0]
     else:
         block = re.compile(r"Transformer/encoderblock_\d+/LayerNorm_0/scale")
-        depth = sum(1 for k in r.w if block.fullmatch(k))
+        depth = sum(1 for k in r.names if block.fullmatch(k))
     for i in range(depth):
         _read_block(r, sd, i, stacked, big_vision)
     unused = r.unused()
     if unused:
         raise CheckpointError(f"{path}: npz entries vitjax does not know how to map: {unused[:20]}")
     return sd
+
+
+_KNOWN = re.compile(
+    r"^(embedding/(kernel|bias)|cls|pos_embedding|Transformer/posembed_input/pos_embedding"
+    r"|Transformer/encoder_norm/(scale|bias)|head/(kernel|bias)|pre_logits/.*|MAPHead_0/.*"
+    r"|Transformer/encoderblock(_\d+)?/.*)$"
+)
+
+
+def _unknown(r: _Reader) -> list[str]:
+    """Entries no part of the layout reads (checked by name, before any data is read)."""
+    return sorted(k for k in r.names if not _KNOWN.match(k))
 
 
 # --- writing ----------------------------------------------------------------------------------

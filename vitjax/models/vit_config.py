@@ -1,4 +1,4 @@
-"""Model configs: one frozen dataclass with timm's option names, and VARIANTS (name -> kwargs).
+"""The vit family's config: one frozen dataclass with timm's option names, and VARIANTS.
 
 Pure Python (no jax, no torch): vittorch reads the same table, so both frameworks build the same
 model from the same name.
@@ -7,15 +7,16 @@ model from the same name.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import fnmatch
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from vitjax.util import ATTN_IMPLS, DENSE_IMPLS, to_2tuple
+
 GLOBAL_POOLS = ("", "token", "avg", "max", "avgmax", "map")
 ACT_LAYERS = ("gelu", "gelu_tanh", "quick_gelu")
 NORM_LAYERS = ("layernorm", "rmsnorm")
+
 
 
 def mlp_ratio_for(dim: int, hidden: int) -> float:
@@ -24,14 +25,6 @@ def mlp_ratio_for(dim: int, hidden: int) -> float:
     while int(dim * r) < hidden:
         r = math.nextafter(r, math.inf)
     return r
-
-
-def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """Return (x, x) for an int, the pair itself otherwise."""
-    if isinstance(x, (tuple, list)):
-        a, b = x
-        return int(a), int(b)
-    return int(x), int(x)
 
 
 @dataclass(frozen=True)
@@ -72,6 +65,8 @@ class ViTConfig:
     act_layer: str = "gelu"
     attn_scale: float | None = None
     distilled: bool = False
+    attn_impl: str = "auto"
+    dense_impl: str = "auto"
 
     def __post_init__(self) -> None:
         if self.global_pool not in GLOBAL_POOLS:
@@ -80,6 +75,10 @@ class ViTConfig:
             raise ValueError(f"act_layer={self.act_layer!r}: expected one of {ACT_LAYERS}")
         if self.norm_layer not in NORM_LAYERS:
             raise ValueError(f"norm_layer={self.norm_layer!r}: expected one of {NORM_LAYERS}")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl={self.attn_impl!r}: expected one of {ATTN_IMPLS}")
+        if self.dense_impl not in DENSE_IMPLS:
+            raise ValueError(f"dense_impl={self.dense_impl!r}: expected one of {DENSE_IMPLS}")
         if self.pos_embed not in ("learn", "none", ""):
             raise ValueError(f"pos_embed={self.pos_embed!r}: expected 'learn' or 'none'")
         if self.global_pool == "token" and not self.class_token:
@@ -372,24 +371,4 @@ VARIANTS: dict[str, dict[str, Any]] = dict([
        init_values=1e-5, dynamic_img_size=True, norm_layer="rmsnorm"),
 ])
 # fmt: on
-
-
-def split_tag(name: str) -> tuple[str, str]:
-    """'vit_base_patch16_224.augreg_in1k' -> ('vit_base_patch16_224', 'augreg_in1k')."""
-    arch, _, tag = name.partition(".")
-    return arch, tag
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Sorted names in VARIANTS matching a shell-style pattern."""
-    return sorted(n for n in VARIANTS if fnmatch.fnmatch(n, pattern))
-
-
-def get_config(name: str, **overrides: Any) -> ViTConfig:
-    """ViTConfig for a model name (a timm '.tag' is ignored) with keyword overrides."""
-    name = split_tag(name)[0]
-    if name not in VARIANTS:
-        close = difflib.get_close_matches(name, VARIANTS, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model name {name!r}{hint} (see vitjax.list_models())")
-    return ViTConfig(**{**VARIANTS[name], **overrides})
+CONFIG = ViTConfig

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vitjax.configs import split_tag
+from vitjax.registry import split_tag
 
 _INCEPTION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 _IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -233,7 +233,7 @@ def save_timm_dir(
     pretrained_cfg: dict[str, Any] | None = None,
 ) -> Path:
     """Write timm's hub layout (config.json + model.safetensors), for timm's 'local-dir:DIR'."""
-    from vitjax.io import write_pretrained_dir
+    from vitjax.weights.files import write_pretrained_dir
 
     pretrained = {k: v for k, v in (pretrained_cfg or {}).items() if k != "hf_hub_id"}
     pretrained = fit_pretrained_cfg(pretrained, cfg)

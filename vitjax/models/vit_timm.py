@@ -1,4 +1,4 @@
-"""timm compatibility: read a ViTConfig off a live timm model, and apply timm's checkpoint rules.
+"""The vit family's timm rules: read a ViTConfig off a live timm model; timm's checkpoint filter.
 
 ``config_from_timm`` refuses, by name, every timm part that vitjax does not mirror. The checkpoint
 half is pure numpy (plus jax for resampling): OpenAI-CLIP / DINOv2 / OpenCLIP layouts, DeiT-3 gamma
@@ -14,13 +14,22 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
-from vitjax.configs import ViTConfig, get_config, mlp_ratio_for, to_2tuple
-
-_LAYER_NORMS = ("LayerNorm",)
-_RMS_NORMS = ("RmsNorm",)
-
+from vitjax.layers.pos_embed import resample_abs_pos_embed
+from vitjax.models.common import (
+    UnsupportedModelError,
+    act_name,
+    check_linear,
+    cls_name,
+    is_identity,
+    norm_kind,
+    require,
+)
+from vitjax.models.vit_config import VARIANTS, ViTConfig, mlp_ratio_for
+from vitjax.util import to_2tuple
+from vitjax.weights.errors import WeightMismatchError
 
 # Other timm ViT classes, and what they have that VisionTransformer does not.
 _OTHER_CLASSES = {
@@ -31,144 +40,101 @@ _OTHER_CLASSES = {
 }
 
 
-class UnsupportedModelError(ValueError):
-    """A timm model (or part of one) that vitjax does not mirror; says which part."""
-
-
-def _cls(m: Any) -> str:
-    return type(m).__name__
-
-
-def _is_identity(m: Any) -> bool:
-    return m is None or _cls(m) == "Identity"
-
-
-def _require(ok: bool, what: str) -> None:
-    if not ok:
-        raise UnsupportedModelError(f"{what} is not supported by vitjax")
-
-
-def _act_name(act: Any, where: str) -> str:
-    name = _cls(act)
-    if name == "GELU":
-        return "gelu_tanh" if getattr(act, "approximate", "none") == "tanh" else "gelu"
-    table = {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}
-    _require(name in table, f"{where}: activation {name} (supported: GELU, GELUTanh, QuickGELU)")
-    return table[name]
-
-
-def _norm(norm: Any, where: str) -> tuple[str, float]:
-    """('layernorm' | 'rmsnorm', eps) of an affine timm/torch norm layer; refuses anything else."""
-    name = _cls(norm)
-    affine = getattr(norm, "elementwise_affine", True) and getattr(norm, "weight", None) is not None
-    if name in _LAYER_NORMS and affine and getattr(norm, "bias", None) is not None:
-        return "layernorm", float(norm.eps)
-    if name in _RMS_NORMS and affine:
-        return "rmsnorm", float(norm.eps)
-    raise UnsupportedModelError(
-        f"{where}: norm layer {name} is not supported by vitjax (affine LayerNorm or RmsNorm)"
-    )
-
-
-def _linear(m: Any, where: str, n_in: int, n_out: int, bias: bool | None = None) -> None:
-    _require(_cls(m) == "Linear", f"{where} of type {_cls(m)}")
-    _require(
-        (m.in_features, m.out_features) == (n_in, n_out),
-        f"{where} of shape {m.in_features}->{m.out_features} (expected {n_in}->{n_out})",
-    )
-    if bias is not None:
-        _require((m.bias is not None) == bias, f"{where} with bias={m.bias is not None}")
+TIMM_CLASSES = ("VisionTransformer", "VisionTransformerDistilled")
 
 
 def _check_block(blk: Any, i: int, ref: dict[str, Any]) -> None:
     """Refuse a block vitjax cannot mirror or one that differs from block 0 (``ref``)."""
     w = f"blocks.{i}"
-    _require(_cls(blk) == "Block", f"{w} of type {_cls(blk)} (parallel / res-post / scaled blocks)")
+    require(
+        cls_name(blk) == "Block",
+        f"{w} of type {cls_name(blk)} (parallel / res-post / scaled blocks)",
+    )
     attn, mlp = blk.attn, blk.mlp
-    _require(_cls(attn) == "Attention", f"{w}.attn of type {_cls(attn)}")
-    _require(_cls(mlp) == "Mlp", f"{w}.mlp of type {_cls(mlp)} (SwiGLU / GLU MLPs)")
+    require(cls_name(attn) == "Attention", f"{w}.attn of type {cls_name(attn)}")
+    require(cls_name(mlp) == "Mlp", f"{w}.mlp of type {cls_name(mlp)} (SwiGLU / GLU MLPs)")
     dim, heads = ref["dim"], ref["num_heads"]
-    _require(attn.num_heads == heads, f"{w}.attn with {attn.num_heads} heads (block 0 has {heads})")
-    _require(attn.head_dim * heads == dim, f"{w}.attn with attn_head_dim != dim / num_heads")
-    _linear(attn.qkv, f"{w}.attn.qkv", dim, 3 * dim, ref["qkv_bias"])
-    _linear(attn.proj, f"{w}.attn.proj", dim, dim, ref["proj_bias"])
-    _require(_is_identity(getattr(attn, "norm", None)), f"{w}.attn.norm (scale_attn_norm)")
-    _require(getattr(attn, "gate", None) is None, f"{w}.attn.gate (gated attention)")
-    _require(abs(attn.scale - attn.head_dim**-0.5) < 1e-12, f"{w}.attn with a custom scale")
+    require(attn.num_heads == heads, f"{w}.attn with {attn.num_heads} heads (block 0 has {heads})")
+    require(attn.head_dim * heads == dim, f"{w}.attn with attn_head_dim != dim / num_heads")
+    check_linear(attn.qkv, f"{w}.attn.qkv", dim, 3 * dim, ref["qkv_bias"])
+    check_linear(attn.proj, f"{w}.attn.proj", dim, dim, ref["proj_bias"])
+    require(is_identity(getattr(attn, "norm", None)), f"{w}.attn.norm (scale_attn_norm)")
+    require(getattr(attn, "gate", None) is None, f"{w}.attn.gate (gated attention)")
+    require(abs(attn.scale - attn.head_dim**-0.5) < 1e-12, f"{w}.attn with a custom scale")
     for qk in ("q_norm", "k_norm"):
-        has = not _is_identity(getattr(attn, qk))
-        _require(has == ref["qk_norm"], f"{w}.attn.{qk} differing from block 0")
+        has = not is_identity(getattr(attn, qk))
+        require(has == ref["qk_norm"], f"{w}.attn.{qk} differing from block 0")
         if has:
-            _require(
-                _norm(getattr(attn, qk), f"{w}.attn.{qk}") == ref["norm"],
+            require(
+                norm_kind(getattr(attn, qk), f"{w}.attn.{qk}") == ref["norm"],
                 f"{w}.attn.{qk} with another norm kind or eps",
             )
-    _linear(mlp.fc1, f"{w}.mlp.fc1", dim, ref["hidden"], ref["proj_bias"])
-    _linear(mlp.fc2, f"{w}.mlp.fc2", ref["hidden"], dim, ref["proj_bias"])
-    _require(_is_identity(getattr(mlp, "norm", None)), f"{w}.mlp.norm (scale_mlp_norm)")
-    _require(
-        _act_name(mlp.act, f"{w}.mlp.act") == ref["act"], f"{w}.mlp.act differing from block 0"
-    )
+    check_linear(mlp.fc1, f"{w}.mlp.fc1", dim, ref["hidden"], ref["proj_bias"])
+    check_linear(mlp.fc2, f"{w}.mlp.fc2", ref["hidden"], dim, ref["proj_bias"])
+    require(is_identity(getattr(mlp, "norm", None)), f"{w}.mlp.norm (scale_mlp_norm)")
+    require(act_name(mlp.act, f"{w}.mlp.act") == ref["act"], f"{w}.mlp.act differing from block 0")
     for n in ("norm1", "norm2"):
-        _require(_norm(getattr(blk, n), f"{w}.{n}") == ref["norm"], f"{w}.{n} with another eps")
+        require(norm_kind(getattr(blk, n), f"{w}.{n}") == ref["norm"], f"{w}.{n} with another eps")
     for ls in ("ls1", "ls2"):
         mod = getattr(blk, ls)
-        has = not _is_identity(mod)
-        _require(has == (ref["init_values"] is not None), f"{w}.{ls} differing from block 0")
+        has = not is_identity(mod)
+        require(has == (ref["init_values"] is not None), f"{w}.{ls} differing from block 0")
         if has:
-            _require(_cls(mod) == "LayerScale", f"{w}.{ls} of type {_cls(mod)}")
+            require(cls_name(mod) == "LayerScale", f"{w}.{ls} of type {cls_name(mod)}")
 
 
 def _check_pool(model: Any, ref: dict[str, Any]) -> None:
     pool = model.attn_pool
-    if model.global_pool == "prr" or _cls(pool) == "AttentionPoolPrr":
+    if model.global_pool == "prr" or cls_name(pool) == "AttentionPoolPrr":
         raise UnsupportedModelError(
             "global_pool='prr' (AttentionPoolPrr) is not supported by vitjax"
         )
     if pool is None:
         return
-    _require(_cls(pool) == "AttentionPoolLatent", f"attn_pool of type {_cls(pool)}")
-    _require(
+    require(cls_name(pool) == "AttentionPoolLatent", f"attn_pool of type {cls_name(pool)}")
+    require(
         pool.latent_len == 1 and pool.pos_embed is None and pool.pool == "token",
         "attn_pool with latent_len > 1, a position embedding or non-token pooling",
     )
-    _require(
-        _is_identity(pool.q_norm) and pool.mlp is not None,
+    require(
+        is_identity(pool.q_norm) and pool.mlp is not None,
         "attn_pool with qk_norm or out_features=0",
     )
     dim, hidden = ref["dim"], ref["hidden"]
-    _require(pool.num_heads == ref["num_heads"], "attn_pool with its own head count")
-    _linear(pool.q, "attn_pool.q", dim, dim, True)
-    _linear(pool.kv, "attn_pool.kv", dim, 2 * dim, True)
-    _linear(pool.proj, "attn_pool.proj", dim, dim, True)
-    _require(ref["proj_bias"], "attn_pool ('map') together with proj_bias=False")
-    _linear(pool.mlp.fc1, "attn_pool.mlp.fc1", dim, hidden, True)
-    _linear(pool.mlp.fc2, "attn_pool.mlp.fc2", hidden, dim, True)
-    _require(_is_identity(getattr(pool.mlp, "norm", None)), "attn_pool.mlp.norm")
-    _require(
-        _act_name(pool.mlp.act, "attn_pool.mlp.act") == ref["act"],
+    require(pool.num_heads == ref["num_heads"], "attn_pool with its own head count")
+    check_linear(pool.q, "attn_pool.q", dim, dim, True)
+    check_linear(pool.kv, "attn_pool.kv", dim, 2 * dim, True)
+    check_linear(pool.proj, "attn_pool.proj", dim, dim, True)
+    require(ref["proj_bias"], "attn_pool ('map') together with proj_bias=False")
+    check_linear(pool.mlp.fc1, "attn_pool.mlp.fc1", dim, hidden, True)
+    check_linear(pool.mlp.fc2, "attn_pool.mlp.fc2", hidden, dim, True)
+    require(is_identity(getattr(pool.mlp, "norm", None)), "attn_pool.mlp.norm")
+    require(
+        act_name(pool.mlp.act, "attn_pool.mlp.act") == ref["act"],
         "attn_pool.mlp.act differing from the blocks'",
     )
-    _require(_norm(pool.norm, "attn_pool.norm") == ref["norm"], "attn_pool.norm with another eps")
+    require(
+        norm_kind(pool.norm, "attn_pool.norm") == ref["norm"], "attn_pool.norm with another eps"
+    )
 
 
 def _check_patch_embed(model: Any, pre_norm: bool, norm: tuple[str, float]) -> None:
     pe = model.patch_embed
-    _require(_cls(pe) == "PatchEmbed", f"patch_embed of type {_cls(pe)} (hybrid CNN stems)")
+    require(cls_name(pe) == "PatchEmbed", f"patch_embed of type {cls_name(pe)} (hybrid CNN stems)")
     proj = pe.proj
-    _require(_cls(proj) == "Conv2d", f"patch_embed.proj of type {_cls(proj)}")
-    _require(
+    require(cls_name(proj) == "Conv2d", f"patch_embed.proj of type {cls_name(proj)}")
+    require(
         tuple(proj.kernel_size) == tuple(proj.stride) == tuple(pe.patch_size)
         and tuple(proj.padding) == (0, 0)
         and proj.groups == 1,
         "patch_embed.proj that is not a plain patchify convolution",
     )
-    _require(
+    require(
         (proj.bias is None) == pre_norm,
         f"patch_embed.proj with bias={proj.bias is not None} and pre_norm={pre_norm}",
     )
-    if not _is_identity(pe.norm):
-        _require(_norm(pe.norm, "patch_embed.norm") == norm, "patch_embed.norm with another eps")
+    if not is_identity(pe.norm):
+        require(norm_kind(pe.norm, "patch_embed.norm") == norm, "patch_embed.norm with another eps")
 
 
 def _square(x: tuple[int, int]) -> int | tuple[int, int]:
@@ -181,44 +147,48 @@ def _drop(m: Any) -> float:
 
 def config_from_timm(model: Any) -> ViTConfig:
     """ViTConfig equal to a timm VisionTransformer / VisionTransformerDistilled instance."""
-    name = _cls(model)
-    _require(
+    name = cls_name(model)
+    require(
         name in ("VisionTransformer", "VisionTransformerDistilled"),
         f"model class {name} ({_OTHER_CLASSES.get(name, 'another ViT class')})",
     )
-    _require(_is_identity(getattr(model, "patch_drop", None)), "patch_drop (patch dropout)")
-    _require(len(model.blocks) > 0, "a model with no blocks")
+    require(is_identity(getattr(model, "patch_drop", None)), "patch_drop (patch dropout)")
+    require(len(model.blocks) > 0, "a model with no blocks")
     blk = model.blocks[0]
     dim = model.embed_dim
-    _require(_cls(blk) == "Block", f"blocks.0 of type {_cls(blk)} (parallel / res-post blocks)")
-    _require(_cls(blk.attn) == "Attention", f"blocks.0.attn of type {_cls(blk.attn)}")
-    _require(_cls(blk.mlp) == "Mlp", f"blocks.0.mlp of type {_cls(blk.mlp)} (SwiGLU / GLU MLPs)")
+    require(
+        cls_name(blk) == "Block", f"blocks.0 of type {cls_name(blk)} (parallel / res-post blocks)"
+    )
+    require(cls_name(blk.attn) == "Attention", f"blocks.0.attn of type {cls_name(blk.attn)}")
+    require(
+        cls_name(blk.mlp) == "Mlp", f"blocks.0.mlp of type {cls_name(blk.mlp)} (SwiGLU / GLU MLPs)"
+    )
     ls = getattr(blk, "ls1", None)
     ref = dict(
         dim=dim,
         num_heads=blk.attn.num_heads,
         qkv_bias=blk.attn.qkv.bias is not None,
         proj_bias=blk.attn.proj.bias is not None,
-        qk_norm=not _is_identity(blk.attn.q_norm),
+        qk_norm=not is_identity(blk.attn.q_norm),
         hidden=blk.mlp.fc1.out_features,
-        act=_act_name(blk.mlp.act, "blocks.0.mlp.act"),
-        norm=_norm(blk.norm1, "blocks.0.norm1"),
-        init_values=None if _is_identity(ls) else float(ls.init_values),
+        act=act_name(blk.mlp.act, "blocks.0.mlp.act"),
+        norm=norm_kind(blk.norm1, "blocks.0.norm1"),
+        init_values=None if is_identity(ls) else float(ls.init_values),
     )
     for i, b in enumerate(model.blocks):
         _check_block(b, i, ref)
     _check_pool(model, ref)
-    pre_norm = not _is_identity(model.norm_pre)
+    pre_norm = not is_identity(model.norm_pre)
     _check_patch_embed(model, pre_norm, ref["norm"])
     for n in ("norm_pre", "norm", "fc_norm"):
-        if not _is_identity(getattr(model, n)):
-            _require(
-                _norm(getattr(model, n), n) == ref["norm"], f"{n} with another norm kind or eps"
+        if not is_identity(getattr(model, n)):
+            require(
+                norm_kind(getattr(model, n), n) == ref["norm"], f"{n} with another norm kind or eps"
             )
     pe = model.patch_embed
     global_pool = model.global_pool
-    final_norm = not (_is_identity(model.norm) and _is_identity(model.fc_norm))
-    use_fc_norm = not _is_identity(model.fc_norm)
+    final_norm = not (is_identity(model.norm) and is_identity(model.fc_norm))
+    use_fc_norm = not is_identity(model.fc_norm)
     fc_norm = (
         None
         if not final_norm or use_fc_norm == (global_pool in ("avg", "max", "avgmax"))
@@ -253,7 +223,7 @@ def config_from_timm(model: Any) -> ViTConfig:
         proj_drop_rate=_drop(blk.attn.proj_drop),
         attn_drop_rate=_drop(blk.attn.attn_drop),
         drop_path_rate=_drop(model.blocks[-1].drop_path1),
-        embed_norm=not _is_identity(pe.norm),
+        embed_norm=not is_identity(pe.norm),
         norm_layer=ref["norm"][0],
         norm_eps=ref["norm"][1],
         act_layer=ref["act"],
@@ -261,7 +231,7 @@ def config_from_timm(model: Any) -> ViTConfig:
     )
     if model.pos_embed is not None:
         shape = tuple(model.pos_embed.shape)
-        _require(
+        require(
             shape == (1, cfg.embed_len, dim),
             f"pos_embed of shape {shape} (the tokens need {(1, cfg.embed_len, dim)}; e.g. "
             "VisionTransformerDistilled with no_embed_class, which timm cannot run either)",
@@ -383,10 +353,6 @@ def adapt_pos_embed(
     grid = source_grid(pe.shape[1] - n_prefix, old_grid)
     if pe.shape[1] == cfg.embed_len and grid == cfg.grid_size:
         return state_dict
-    import jax.numpy as jnp
-
-    from vitjax.vit import resample_abs_pos_embed
-
     new = resample_abs_pos_embed(
         jnp.asarray(pe, jnp.float32),
         cfg.grid_size,
@@ -423,11 +389,11 @@ def describe_state_dict(state_dict: Mapping[str, Any]) -> str:
 
 def timm_model_args(name: str, cfg: ViTConfig) -> dict[str, Any]:
     """timm.create_model kwargs that turn the named timm model into cfg (differences only)."""
-    base = get_config(name)
+    base = ViTConfig(**VARIANTS[name.partition(".")[0]])
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         new, old = getattr(cfg, f.name), getattr(base, f.name)
-        if new == old:
+        if new == old or f.name in ("attn_impl", "dense_impl"):
             continue
         if f.name == "embed_norm":
             out["embed_norm_layer"] = cfg.norm_layer if new else None
@@ -436,3 +402,86 @@ def timm_model_args(name: str, cfg: ViTConfig) -> dict[str, Any]:
         else:
             out[f.name] = new
     return out
+
+
+# --- The tutorial notebook's own layout -------------------------------------------------------
+
+_NOTEBOOK_RULES = [
+    (r"input_layer\.patch_emb_layer\.", "patch_embed.proj."),
+    (r"input_layer\.cls_token$", "cls_token"),
+    (r"input_layer\.pos_emb$", "pos_embed"),
+    (r"encoder\.(\d+)\.ln1\.", r"blocks.\1.norm1."),
+    (r"encoder\.(\d+)\.ln2\.", r"blocks.\1.norm2."),
+    (r"encoder\.(\d+)\.msa\.w_o\.0\.", r"blocks.\1.attn.proj."),
+    (r"encoder\.(\d+)\.mlp\.0\.", r"blocks.\1.mlp.fc1."),
+    (r"encoder\.(\d+)\.mlp\.3\.", r"blocks.\1.mlp.fc2."),
+    (r"mlp_head\.0\.", "norm."),
+    (r"mlp_head\.1\.", "head."),
+]
+_NOTEBOOK_QKV = re.compile(r"encoder\.(\d+)\.msa\.w_([qkv])\.(weight|bias)$")
+
+
+def is_notebook_layout(state_dict: Mapping[str, Any]) -> bool:
+    """True for a state_dict saved from the tutorial notebook's ViT class."""
+    return "input_layer.cls_token" in state_dict and any(
+        k.startswith("encoder.") for k in state_dict
+    )
+
+
+def notebook_to_timm(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Rename the notebook's keys to timm's and fuse its w_q/w_k/w_v into one qkv."""
+    out: dict[str, np.ndarray] = {}
+    qkv: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    for key, value in state_dict.items():
+        arr = np.asarray(value)
+        m = _NOTEBOOK_QKV.match(key)
+        if m:
+            qkv.setdefault((m[1], m[3]), {})[m[2]] = arr
+            continue
+        for pattern, repl in _NOTEBOOK_RULES:
+            new, n = re.subn("^" + pattern, repl, key)
+            if n:
+                out[new] = arr
+                break
+        else:
+            raise WeightMismatchError(f"unexpected key {key!r} in a notebook-layout state_dict")
+    for (i, leaf), parts in sorted(qkv.items()):
+        if set(parts) != {"q", "k", "v"}:
+            raise WeightMismatchError(f"block {i}: w_q/w_k/w_v.{leaf} incomplete: {sorted(parts)}")
+        out[f"blocks.{i}.attn.qkv.{leaf}"] = np.concatenate([parts[c] for c in "qkv"], axis=0)
+    return out
+
+
+def checkpoint_overrides(state_dict: Mapping[str, Any], cfg: ViTConfig) -> dict[str, Any]:
+    """Config overrides a file's layout implies: the notebook's sqrt(num_heads) scale, qkv bias."""
+    if not is_notebook_layout(state_dict):
+        return {}
+    has_bias = any(k.endswith("msa.w_q.bias") for k in state_dict)
+    return dict(attn_scale=cfg.num_heads**-0.5, qkv_bias=has_bias)
+
+
+def checkpoint_filter_fn(
+    state_dict: Mapping[str, Any],
+    cfg: ViTConfig,
+    resample_pos_embed: bool = False,
+    source_grid: tuple[int, int] | None = None,
+    interpolation: str = "bicubic",
+    antialias: bool = True,
+) -> dict[str, np.ndarray]:
+    """Any layout the vit family's weights are published in -> timm keys, as timm's filter.
+
+    The notebook's class layout, OpenAI CLIP, OpenCLIP, DINOv2, DeiT-3 gamma names and linear
+    patch projections; with resample_pos_embed, pos_embed is resized to cfg's grid from
+    source_grid (or the square / default grid its length implies).
+    """
+    if is_notebook_layout(state_dict):
+        sd = notebook_to_timm(state_dict)
+    else:
+        sd = filter_state_dict(state_dict)
+        reshape_linear_patch_embed(sd, cfg)
+    if resample_pos_embed:
+        try:
+            sd = adapt_pos_embed(sd, cfg, source_grid, interpolation, antialias=antialias)
+        except ValueError as e:
+            raise WeightMismatchError(f"pos_embed: {e}") from e
+    return sd

@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from vitjax.configs import ViTConfig, get_config, to_2tuple
+from vitjax.models.vit_config import ViTConfig
+from vitjax.registry import get_config
+from vitjax.util import to_2tuple
 
 MODES = ("jax", "eager", "compile")
 TASKS = ("train", "infer")
@@ -170,15 +172,15 @@ def _jax_runner(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     The CPU is split into ``spec["cpu_devices"]`` devices first (vitjax.runtime), and the step
     is vitjax.train's data-parallel one over them (state replicated and donated, batch sharded).
     """
-    from vitjax import runtime
+    from devtools import cpu_tuning as runtime
 
     runtime.split_cpu_into_devices(spec.get("cpu_devices", 1))
     import jax
     import optax  # noqa: F401  (imported before timing)
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from vitjax import train as vtrain
-    from vitjax.models import create_model
+    from vitjax import training as vtrain
+    from vitjax.factory import create_model
 
     mesh = vtrain.make_mesh()
     vtrain.check_batch_size(spec["batch_size"], mesh)
@@ -288,7 +290,7 @@ def _worker(conn: Any, spec: dict[str, Any]) -> None:
     """Build one mode's functions, then time one sample per 'run' request until 'stop'."""
     try:
         if spec.get("keep_freed_memory", True):  # before jax/torch start their threads
-            from vitjax.runtime import keep_freed_memory
+            from devtools.cpu_tuning import keep_freed_memory
 
             keep_freed_memory()
         base_rss = _rss_bytes()
@@ -398,7 +400,7 @@ def run_benchmark(
     threads = threads or os.cpu_count() or 1
     cfg = get_config(model, **overrides)
     if cpu_devices is None:
-        from vitjax.runtime import cpu_devices_for
+        from devtools.cpu_tuning import cpu_devices_for
 
         cpu_devices = cpu_devices_for(cfg, batch_size)
     log = print if verbose else (lambda *a, **k: None)
@@ -408,7 +410,7 @@ def run_benchmark(
         peak = matmul_peak(threads=threads)
     mm_bound = None
     if bound:
-        from vitjax.matmul_bound import matmul_bound
+        from devtools.matmul_bound import matmul_bound
 
         log("timing the step's matmuls in isolation (matmul-only bound) ...")
         mm_bound = matmul_bound(cfg, batch_size, tuple(tasks), threads=threads)
@@ -675,7 +677,7 @@ def bench_data(
     epochs: int = 2,
 ) -> dict[str, Any]:
     """Images/s that vitjax.data decodes and transforms from an image folder into batches."""
-    from vitjax import data
+    from vitjax.training import data
 
     ds = data.ImageDataset.from_folder(root)
     tf = data.TrainTransform() if transform == "train" else data.EvalTransform()

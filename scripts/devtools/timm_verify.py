@@ -1,7 +1,7 @@
 """Prove conversions against timm: one set of weights, the real file path, same images, max |diff|.
 
-Needs torch and timm at call time (imported lazily); used by scripts/convert_timm.py --verify,
-scripts/timm_coverage.py and the parity tests.
+Needs torch and timm at call time (imported lazily); used by scripts/timm_coverage.py
+and the parity tests (vitjax-convert --verify is vitjax.cli.verify).
 """
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from vitjax.configs import to_2tuple
+from vitjax.cli.verify import (  # noqa: F401  (re-exported for the tests)
+    flax_forward,
+    images,
+    max_diff,
+    timm_forward,
+    verify_conversion,
+)
 
 FORMATS = ("safetensors", "pth", "npz_vit_jax", "npz_big_vision")
 
@@ -47,36 +53,6 @@ def make_timm(name: str, seed: int = 0, **kwargs: Any) -> Any:
     return randomize_(timm.create_model(name, pretrained=False, **kwargs), seed)
 
 
-def images(module: Any, batch: int = 2, seed: int = 0, size: Any = None) -> np.ndarray:
-    """A seeded NHWC float32 batch at the timm model's input size (or size)."""
-    h, w = to_2tuple(size if size is not None else module.patch_embed.img_size)
-    c = module.patch_embed.proj.in_channels
-    return np.random.default_rng(seed).standard_normal((batch, h, w, c)).astype(np.float32)
-
-
-def timm_forward(module: Any, x_nhwc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, pre_logits) of a timm model on an NHWC batch."""
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
-    with torch.no_grad():
-        feats = module.forward_features(x)
-        return (
-            module.forward_head(feats).numpy(),
-            module.forward_head(feats, pre_logits=True).numpy(),
-        )
-
-
-def flax_forward(model: Any, variables: Any, x_nhwc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, pre_logits) of a vitjax model on an NHWC batch, fp32, highest matmul precision."""
-    import jax
-
-    with jax.default_matmul_precision("highest"):
-        fwd = jax.jit(lambda v, x: (model.apply(v, x), model.apply(v, x, pre_logits=True)))
-        logits, pre = fwd(variables, x_nhwc)
-    return np.asarray(logits), np.asarray(pre)
-
-
 def save_timm_checkpoint(module: Any, path: str | os.PathLike, fmt: str) -> Path:
     """Write a timm model's weights as timm users store them: safetensors, .pth or .npz."""
     import torch
@@ -92,7 +68,7 @@ def save_timm_checkpoint(module: Any, path: str | os.PathLike, fmt: str) -> Path
         torch.save({"state_dict": sd, "epoch": 3}, path.with_suffix(".pth"))
         return path.with_suffix(".pth")
     if fmt.startswith("npz_"):
-        from vitjax.npz import save_npz
+        from vitjax.weights.npz import save_npz
 
         heads = module.blocks[0].attn.num_heads
         layout = fmt[len("npz_") :]
@@ -108,13 +84,6 @@ def save_timm_checkpoint(module: Any, path: str | os.PathLike, fmt: str) -> Path
     raise ValueError(f"fmt={fmt!r}: expected one of {FORMATS}")
 
 
-def max_diff(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """max |a - b|, the scale max |b| and their ratio."""
-    d = float(np.abs(a.astype(np.float64) - b).max()) if a.size else 0.0
-    scale = float(np.abs(b).max()) if b.size else 0.0
-    return {"max_abs": d, "scale": scale, "rel": d / scale if scale else d}
-
-
 def check_name(
     name: str,
     fmt: str = "safetensors",
@@ -124,7 +93,7 @@ def check_name(
     **kwargs: Any,
 ) -> dict[str, Any]:
     """timm model (kwargs, e.g. depth=2) -> file -> vitjax.create_model(name): outputs and diffs."""
-    from vitjax.models import create_model
+    from vitjax.factory import create_model
 
     module = make_timm(name, seed, **kwargs)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -144,73 +113,6 @@ def check_name(
     }
 
 
-def _timm_reads(name: str, cfg: Any, checkpoint: str | os.PathLike) -> tuple[Any, int]:
-    """timm's own model for cfg reading checkpoint with timm's loader; its head size."""
-    import timm
-
-    from vitjax.configs import split_tag
-
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    from vitjax import io, timm_compat
-
-    head = timm_compat.filter_state_dict(io.load_state_dict(path)).get("head.weight")
-    overlay = {"file": str(path), "num_classes": 0 if head is None else int(head.shape[0])}
-    if path.suffix == ".npz":
-        overlay["custom_load"] = True
-    module = timm.create_model(
-        split_tag(name)[0],
-        pretrained=True,
-        pretrained_cfg_overlay=overlay,
-        **timm_compat.timm_model_args(name, cfg),
-    ).eval()
-    return module, overlay["num_classes"]
-
-
-def verify_conversion(
-    name: str,
-    model: Any,
-    variables: Any,
-    checkpoint: str | os.PathLike | None = None,
-    batch: int = 2,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """max |diff| vs timm: exported weights (strict load) and timm reading the checkpoint itself."""
-    import timm
-    import torch
-
-    from vitjax import timm_compat
-    from vitjax.configs import split_tag
-    from vitjax.models import to_timm_state_dict
-
-    cfg = model.cfg
-    torch.manual_seed(seed)
-    twin = timm.create_model(
-        split_tag(name)[0], pretrained=False, **timm_compat.timm_model_args(name, cfg)
-    )
-    sd = {k: torch.from_numpy(np.array(v)) for k, v in to_timm_state_dict(model, variables).items()}
-    twin.load_state_dict(sd, strict=True)
-    twin.eval()
-    x = images(twin, batch, seed)
-    j_logits, j_pre = flax_forward(model, variables, x)
-    t_logits, t_pre = timm_forward(twin, x)
-    out: dict[str, Any] = {
-        "exported": {"logits": max_diff(j_logits, t_logits), "pre_logits": max_diff(j_pre, t_pre)}
-    }
-    if checkpoint is not None:
-        try:
-            own, ckpt_classes = _timm_reads(name, cfg, checkpoint)
-        except Exception as e:  # timm may not read every file vitjax reads (notebook layout, ...)
-            out["checkpoint"] = {"error": f"timm could not read {checkpoint}: {e}"}
-        else:
-            o_logits, o_pre = timm_forward(own, x)
-            out["checkpoint"] = {"pre_logits": max_diff(j_pre, o_pre)}
-            if ckpt_classes == cfg.num_classes:  # same head (not a fresh one)
-                out["checkpoint"]["logits"] = max_diff(j_logits, o_logits)
-    return out
-
-
 def timm_vit_names() -> list[str]:
     """Every timm name the coverage table lists: vit_*, deit* and test_vit*."""
     import timm
@@ -226,8 +128,9 @@ def coverage_row(name: str, full_depth: bool = False, workdir: Any = None) -> di
     import timm
     import torch
 
-    from vitjax.configs import VARIANTS, get_config
-    from vitjax.timm_compat import UnsupportedModelError, config_from_timm
+    from vitjax.models.vit_config import VARIANTS
+    from vitjax.models.vit_timm import UnsupportedModelError, config_from_timm
+    from vitjax.registry import get_config
 
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")

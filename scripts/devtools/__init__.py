@@ -1,0 +1,1 @@
+"""Developer tooling outside the installed package: benchmarks, coverage, CPU tuning."""

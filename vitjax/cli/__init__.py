@@ -1,0 +1,1 @@
+"""Command-line entry points (argparse shells over library calls): train, convert, predict, plot."""

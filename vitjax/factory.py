@@ -1,0 +1,269 @@
+"""Public entry points for every family: create_model, from_timm, to_timm_state_dict, save/load."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitjax import registry
+from vitjax.util import to_2tuple
+from vitjax.weights import convert, hub, validate
+from vitjax.weights import files as io
+from vitjax.weights.errors import CheckpointError, WeightMismatchError
+
+Variables = dict[str, Any]
+Model = Any  # a family's MODEL (a flax.linen.Module with a .cfg)
+_HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+
+
+def _dummy_input(cfg: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((1, *to_2tuple(cfg.img_size), cfg.in_chans), jnp.float32)
+
+
+def init_variables(model: Model, seed: int = 0) -> Variables:
+    """Randomly initialised variables (timm-style init) for a model."""
+    x = jnp.zeros(_dummy_input(model.cfg).shape, jnp.float32)
+    return dict(jax.jit(model.init)(jax.random.PRNGKey(seed), x))
+
+
+def variable_shapes(model: Model) -> dict[str, Any]:
+    """The model's variables (params, batch_stats) as ShapeDtypeStructs, without allocating."""
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    return dict(jax.eval_shape(model.init, rng, _dummy_input(model.cfg)))
+
+
+def param_shapes(model: Model) -> dict[str, Any]:
+    """The model's parameter tree as ShapeDtypeStructs, without allocating it."""
+    return variable_shapes(model)["params"]
+
+
+def count_params(variables: Mapping[str, Any]) -> int:
+    """Number of parameters in a variables or params tree."""
+    tree = variables.get("params", variables)
+    return sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(tree))
+
+
+def variables_from_state_dict(
+    model: Model, state_dict: Mapping[str, Any], what: str = "state_dict"
+) -> Variables:
+    """Flax variables for model from a timm-key state_dict, every key and shape checked."""
+    variables = convert.torch_to_flax_variables(state_dict, variable_shapes(model), what)
+    return jax.tree_util.tree_map(jnp.asarray, variables)
+
+
+def to_timm_state_dict(model: Model, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """timm-key state_dict (numpy) that loads into timm.create_model(name) with strict=True."""
+    registry.family_of_model(model)  # a vitjax model; its tree alone determines the keys
+    return convert.flax_to_torch_variables(jax.device_get(dict(variables)))
+
+
+def _adapt_head(
+    state_dict: dict[str, np.ndarray], model: Model, seed: int
+) -> dict[str, np.ndarray]:
+    """Swap the checkpoint's classifier for a fresh one when num_classes was changed on purpose."""
+    flat = convert.flatten(param_shapes(model))
+    want = {}
+    for head in ("head", "head_dist"):
+        if (head, "kernel") in flat:
+            n_in, n_out = flat[(head, "kernel")].shape
+            want[f"{head}.weight"], want[f"{head}.bias"] = (n_out, n_in), (n_out,)
+    if all(np.shape(state_dict.get(k, ())) == shape for k, shape in want.items()):
+        return state_dict
+    fresh_sd = convert.flax_to_torch(jax.device_get(init_variables(model, seed)["params"]))
+    out = {k: v for k, v in state_dict.items() if k not in _HEAD_KEYS}
+    out.update({k: fresh_sd[k] for k in _HEAD_KEYS if k in fresh_sd})
+    return out
+
+
+def _resample_source(
+    name: str, checkpoint: str | os.PathLike, defaults: Mapping[str, Any]
+) -> tuple[int, int] | None:
+    """Position grid the checkpoint was trained on: its config.json's, else the named model's."""
+    path = Path(checkpoint)
+    if path.is_dir() and (path / io.CONFIG_NAME).is_file():
+        try:
+            return getattr(_config_from_dir(path), "grid_size", None)
+        except (CheckpointError, KeyError):
+            return None
+    return getattr(registry.get_config(name, **defaults), "grid_size", None)
+
+
+def _pretrained_defaults(name: str) -> dict[str, Any]:
+    """num_classes / img_size of timm's pretrained config for name (a tag may change them)."""
+    try:
+        cfg = hub.resolve_pretrained_cfg(name)
+    except ValueError:
+        return {}
+    out: dict[str, Any] = {}
+    if isinstance(cfg.get("num_classes"), int) and cfg["num_classes"] >= 0:
+        out["num_classes"] = cfg["num_classes"]
+    if cfg.get("fixed_input_size") and cfg.get("input_size"):
+        h, w = cfg["input_size"][-2:]
+        out["img_size"] = h if h == w else (h, w)
+    return out
+
+
+def _family_module(model: Model) -> Any:
+    return registry.model_module(registry.family_of_model(model))
+
+
+def _non_float_keys(shapes: Mapping[str, Any]) -> set[str]:
+    """timm keys of the model's variables that are not floating (none in today's families)."""
+    return {
+        convert.flax_leaf_to_torch(path[1:], np.broadcast_to(np.False_, leaf.shape))[0]
+        for path, leaf in convert.flatten(shapes).items()
+        if not validate.is_float(leaf.dtype)
+    }
+
+
+def load_checkpoint(
+    model: Model,
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    *,
+    new_head: bool = False,
+    seed: int = 0,
+    what: str | None = None,
+    resample_pos_embed: bool = False,
+    source_grid: tuple[int, int] | None = None,
+    interpolation: str | None = None,
+    dtype: Any = None,
+    allow_nonfinite: bool = False,
+) -> Variables:
+    """Variables for model from a checkpoint file, directory or state_dict, read as timm does.
+
+    Floating weights become float32 unless already in dtype (default: the model's dtype), so a
+    bf16 file stays bf16 only when bf16 is asked for. Integer, bool or complex tensors where the
+    model has float weights, and NaN / Inf weights (unless allow_nonfinite), are refused.
+    """
+    # The family's checkpoint_filter_fn rewrites foreign layouts into timm's keys; with
+    # resample_pos_embed, pos_embed is resized to the model's grid (bicubic + antialias, or
+    # bilinear for .npz files, as timm's _load_weights).
+    what = what or ("state_dict" if isinstance(checkpoint, Mapping) else str(checkpoint))
+    sd = dict(checkpoint) if isinstance(checkpoint, Mapping) else io.load_state_dict(checkpoint)
+    keep = getattr(model, "dtype", jnp.float32) if dtype is None else dtype
+    sd = validate.float_weights(sd, keep)
+    if interpolation is None:
+        npz = not isinstance(checkpoint, Mapping) and str(checkpoint).endswith(".npz")
+        interpolation = "bilinear" if npz else "bicubic"
+    family = _family_module(model)
+    try:
+        sd = family.checkpoint_filter_fn(
+            sd, model.cfg, resample_pos_embed=resample_pos_embed, source_grid=source_grid,
+            interpolation=interpolation, antialias=interpolation == "bicubic",
+        )  # fmt: skip
+    except WeightMismatchError as e:
+        raise WeightMismatchError(f"{what}: {e}") from e
+    shapes = variable_shapes(model)
+    validate.check_float_dtypes(sd, _non_float_keys(shapes), what)
+    if not allow_nonfinite:
+        validate.check_finite(sd, what)
+    if new_head:
+        sd = _adapt_head(sd, model, seed)
+    try:
+        variables = convert.torch_to_flax_variables(sd, shapes, what)
+    except WeightMismatchError as e:
+        describe = getattr(family, "describe_state_dict", None)
+        hint = f"\n  the checkpoint holds: {describe(sd)}" if describe else ""
+        raise WeightMismatchError(f"{e}{hint}") from None
+    return jax.tree_util.tree_map(jnp.asarray, variables)
+
+
+def _build(family: str, cfg: Any, dtype: Any) -> Model:
+    return registry.model_module(family).MODEL(cfg, dtype=dtype)
+
+
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    seed: int = 0,
+    dtype: Any = jnp.float32,
+    allow_nonfinite: bool = False,
+    **overrides: Any,
+) -> tuple[Model, Variables]:
+    """Model by timm name ('arch[.tag]'): random init, checkpoint_path, or pretrained (HF cache)."""
+    # An img_size override (or pretrained=True) resamples the checkpoint's pos_embed like timm.
+    family, arch, tag = registry.resolve(name)
+    defaults = _pretrained_defaults(name) if pretrained or tag else {}
+    if pretrained and checkpoint_path is None:
+        checkpoint_path = hub.pretrained_checkpoint(name)
+    if checkpoint_path is None:
+        model = _build(family, registry.get_config(name, **{**defaults, **overrides}), dtype)
+        return model, init_variables(model, seed)
+    sd = io.load_state_dict(checkpoint_path)
+    implied = getattr(registry.model_module(family), "checkpoint_overrides", None)
+    implied = implied(sd, registry.get_config(name)) if implied else {}
+    model = _build(family, registry.get_config(name, **{**defaults, **implied, **overrides}), dtype)
+    resample = pretrained or "img_size" in overrides
+    variables = load_checkpoint(
+        model,
+        sd,
+        new_head="num_classes" in overrides,
+        seed=seed,
+        what=str(checkpoint_path),
+        resample_pos_embed=resample,
+        source_grid=_resample_source(name, checkpoint_path, defaults) if resample else None,
+        interpolation="bilinear" if str(checkpoint_path).endswith(".npz") else "bicubic",
+        allow_nonfinite=allow_nonfinite,
+    )
+    return model, variables
+
+
+def from_timm(module: Any, dtype: Any = jnp.float32) -> tuple[Model, Variables]:
+    """The Flax twin of a timm model instance of any supported family, with its weights."""
+    family = registry.family_of_timm(module)
+    model = _build(family, registry.model_module(family).config_from_timm(module), dtype)
+    sd = {
+        k: v.detach().cpu().numpy()
+        if not v.is_floating_point()
+        else v.detach().cpu().float().numpy()
+        for k, v in module.state_dict().items()
+    }
+    return model, variables_from_state_dict(model, sd, what=type(module).__name__)
+
+
+def save_pretrained(
+    directory: str | os.PathLike,
+    model: Model,
+    variables: Mapping[str, Any],
+    pretrained_cfg: Mapping[str, Any] | str | None = None,
+    overwrite: bool = False,
+) -> os.PathLike:
+    """Write config.json + model.safetensors (timm keys, so timm and vittorch load it too)."""
+    # pretrained_cfg: timm's (mean, std, crop_pct, input_size, labels...) or a name to look up.
+    # Other files in directory are kept; a config.json / model.safetensors vitjax did not write
+    # is refused unless overwrite=True.
+    if pretrained_cfg:
+        if isinstance(pretrained_cfg, str):
+            pretrained_cfg = hub.export_pretrained_cfg(pretrained_cfg)
+        pretrained_cfg = hub.fit_pretrained_cfg(dict(pretrained_cfg), model.cfg)
+    config = {
+        "architecture": registry.family_of_model(model),
+        "model_config": model.cfg.to_dict(),
+        "pretrained_cfg": dict(pretrained_cfg or {}),
+    }
+    sd = to_timm_state_dict(model, variables)
+    return io.write_pretrained_dir(directory, config, sd, overwrite=overwrite)
+
+
+def _config_from_dir(directory: str | os.PathLike) -> Any:
+    """The model config a save_pretrained directory's config.json holds (types, ranges, size)."""
+    config = io.read_config(directory)
+    where = f"{directory}/{io.CONFIG_NAME}"
+    return validate.model_config(config.get("architecture", "vit"), config["model_config"], where)
+
+
+def load_pretrained(
+    directory: str | os.PathLike, dtype: Any = jnp.float32, allow_nonfinite: bool = False
+) -> tuple[Model, Variables]:
+    """Model and variables from a save_pretrained directory."""
+    cfg = _config_from_dir(directory)
+    family = io.read_config(directory).get("architecture", "vit")
+    model = _build(family, cfg, dtype)
+    return model, load_checkpoint(model, directory, allow_nonfinite=allow_nonfinite)

@@ -1,0 +1,215 @@
+"""The vit family in Flax linen: timm's VisionTransformer, class for class, name for name.
+
+Images are NHWC. ``setup()`` mirrors torch's ``__init__`` and ``__call__`` its ``forward``, so the
+parameter tree is timm's module tree (``blocks.3.attn.qkv`` is ``blocks_3/attn/qkv``). The shared
+layers (attention, MLP, norms, patch embedding) are in ``vitjax.layers``; vittorch/vit.py is the
+same model in PyTorch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from vitjax.layers import (
+    Attention,
+    AttentionPoolLatent,
+    DropPath,
+    Dtype,
+    LayerScale,
+    Mlp,
+    PatchEmbed,
+    dense_init,
+    make_norm,
+    resample_abs_pos_embed,
+)
+from vitjax.models.vit_config import VARIANTS, ViTConfig
+from vitjax.models.vit_timm import (
+    TIMM_CLASSES,
+    checkpoint_filter_fn,
+    checkpoint_overrides,
+    config_from_timm,
+    describe_state_dict,
+)
+
+__all__ = [
+    "CONFIG",
+    "MODEL",
+    "TIMM_CLASSES",
+    "VARIANTS",
+    "Block",
+    "VisionTransformer",
+    "checkpoint_filter_fn",
+    "checkpoint_overrides",
+    "config_from_timm",
+    "describe_state_dict",
+]
+
+
+def _norm(cfg: ViTConfig, dtype: Dtype) -> nn.Module:
+    return make_norm(cfg.norm_layer, cfg.norm_eps, dtype)
+
+
+def patch_embed_for(cfg: ViTConfig, dtype: Dtype = jnp.float32) -> PatchEmbed:
+    """The PatchEmbed a VisionTransformer of this config uses."""
+    return PatchEmbed(
+        cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim, bias=not cfg.pre_norm,
+        norm_layer=cfg.norm_layer if cfg.embed_norm else None, norm_eps=cfg.norm_eps,
+        dynamic_img_size=cfg.dynamic_img_size, dynamic_img_pad=cfg.dynamic_img_pad,
+        dtype=dtype, dense_impl=cfg.dense_impl,
+    )  # fmt: skip
+
+
+def attention_for(cfg: ViTConfig, dtype: Dtype = jnp.float32) -> Attention:
+    """The Attention a Block of this config uses."""
+    return Attention(
+        cfg.embed_dim, cfg.num_heads, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm,
+        proj_bias=cfg.proj_bias, attn_drop=cfg.attn_drop_rate, proj_drop=cfg.proj_drop_rate,
+        scale=cfg.scale, norm_layer=cfg.norm_layer, norm_eps=cfg.norm_eps, dtype=dtype,
+        attn_impl=cfg.attn_impl, dense_impl=cfg.dense_impl,
+    )  # fmt: skip
+
+
+def mlp_for(cfg: ViTConfig, dtype: Dtype = jnp.float32) -> Mlp:
+    """The Mlp a Block of this config uses."""
+    return Mlp(
+        cfg.mlp_hidden, cfg.embed_dim, act_layer=cfg.act_layer, bias=cfg.proj_bias,
+        drop=cfg.proj_drop_rate, dtype=dtype, dense_impl=cfg.dense_impl,
+    )  # fmt: skip
+
+
+def attn_pool_for(cfg: ViTConfig, dtype: Dtype = jnp.float32) -> AttentionPoolLatent:
+    """The 'map' pooling head of this config."""
+    return AttentionPoolLatent(
+        cfg.embed_dim, cfg.num_heads, cfg.mlp_hidden, act_layer=cfg.act_layer,
+        norm_layer=cfg.norm_layer, norm_eps=cfg.norm_eps, dtype=dtype, attn_impl=cfg.attn_impl,
+    )  # fmt: skip
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    cfg: ViTConfig
+    drop_path: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        cfg, dim, dt = self.cfg, self.cfg.embed_dim, self.dtype
+        self.norm1 = _norm(cfg, dt)
+        self.attn = attention_for(cfg, dt)
+        self.ls1 = LayerScale(dim, cfg.init_values) if cfg.init_values else None
+        self.drop_path1 = DropPath(self.drop_path)
+        self.norm2 = _norm(cfg, dt)
+        self.mlp = mlp_for(cfg, dt)
+        self.ls2 = LayerScale(dim, cfg.init_values) if cfg.init_values else None
+        self.drop_path2 = DropPath(self.drop_path)
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        y = self.attn(self.norm1(x), train)
+        x = x + self.drop_path1(self.ls1(y) if self.ls1 else y, train)
+        y = self.mlp(self.norm2(x), train)
+        return x + self.drop_path2(self.ls2(y) if self.ls2 else y, train)
+
+
+class VisionTransformer(nn.Module):
+    """ViT: patch embed, prefix tokens + position embedding, blocks, norm, pool, head."""
+
+    cfg: ViTConfig
+    dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        cfg, dim, dt = self.cfg, self.cfg.embed_dim, self.dtype
+        self.patch_embed = patch_embed_for(cfg, dt)
+        tiny = nn.initializers.normal(1e-6)
+        if cfg.class_token:
+            self.cls_token = self.param("cls_token", tiny, (1, 1, dim))
+        if cfg.reg_tokens:
+            self.reg_token = self.param("reg_token", tiny, (1, cfg.reg_tokens, dim))
+        if cfg.distilled:
+            self.dist_token = self.param("dist_token", dense_init, (1, 1, dim))
+        if cfg.has_pos_embed:
+            self.pos_embed = self.param("pos_embed", dense_init, (1, cfg.embed_len, dim))
+        self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
+        self.norm_pre = _norm(cfg, dt) if cfg.pre_norm else None
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = [Block(cfg, rates[i], dtype=dt) for i in range(cfg.depth)]
+        self.norm = _norm(cfg, dt) if cfg.final_norm and not cfg.use_fc_norm else None
+        self.attn_pool = attn_pool_for(cfg, dt) if cfg.global_pool == "map" else None
+        self.fc_norm = _norm(cfg, dt) if cfg.final_norm and cfg.use_fc_norm else None
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        if cfg.num_classes > 0:
+            self.head = nn.Dense(cfg.num_classes, kernel_init=dense_init, dtype=dt)
+            if cfg.distilled:
+                self.head_dist = nn.Dense(cfg.num_classes, kernel_init=dense_init, dtype=dt)
+
+    def _pos_embed(self, x: jax.Array, train: bool) -> jax.Array:
+        cfg = self.cfg
+        B, C = x.shape[0], x.shape[-1]
+        names = ("cls_token", "dist_token", "reg_token")
+        used = (cfg.class_token, cfg.distilled, cfg.reg_tokens > 0)
+        prefix = [
+            jnp.broadcast_to(getattr(self, n).astype(x.dtype), (B, getattr(self, n).shape[1], C))
+            for n, u in zip(names, used, strict=True)
+            if u
+        ]
+        pos_embed = self.pos_embed.astype(x.dtype) if cfg.has_pos_embed else None
+        if cfg.dynamic_img_size:
+            _, gh, gw, _ = x.shape
+            if pos_embed is not None:
+                n_prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
+                pos_embed = resample_abs_pos_embed(pos_embed, (gh, gw), cfg.grid_size, n_prefix)
+            x = x.reshape(B, gh * gw, C)  # (B, N, C)
+        if pos_embed is None:
+            return jnp.concatenate(prefix + [x], axis=1)
+        if cfg.no_embed_class:
+            x = jnp.concatenate(prefix + [x + pos_embed], axis=1)
+        else:
+            x = jnp.concatenate(prefix + [x], axis=1) + pos_embed
+        return self.pos_drop(x, deterministic=not train)
+
+    def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = self.patch_embed(x.astype(self.dtype))
+        x = self._pos_embed(x, train)
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
+        for blk in self.blocks:
+            x = blk(x, train)
+        return self.norm(x) if self.norm is not None else x
+
+    def pool(self, x: jax.Array, train: bool = False) -> jax.Array:
+        cfg = self.cfg
+        patches = x if cfg.pool_include_prefix else x[:, cfg.num_prefix_tokens :]
+        if self.attn_pool is not None:
+            return self.attn_pool(patches, train)
+        if cfg.global_pool == "token":
+            return x[:, 0]
+        if not cfg.global_pool:
+            return x
+        if cfg.global_pool == "avg":
+            return patches.mean(axis=1)
+        if cfg.global_pool == "max":
+            return patches.max(axis=1)
+        return 0.5 * (patches.max(axis=1) + patches.mean(axis=1))  # avgmax
+
+    def forward_head(
+        self, x: jax.Array, pre_logits: bool = False, train: bool = False
+    ) -> jax.Array:
+        cfg = self.cfg
+        if cfg.distilled:
+            x, x_dist = (self.head_drop(x[:, i], deterministic=not train) for i in (0, 1))
+            if pre_logits or cfg.num_classes == 0:
+                return (x + x_dist) / 2
+            return (self.head(x) + self.head_dist(x_dist)) / 2
+        x = self.pool(x, train)
+        if self.fc_norm is not None:
+            x = self.fc_norm(x)
+        x = self.head_drop(x, deterministic=not train)
+        return x if pre_logits or cfg.num_classes == 0 else self.head(x)
+
+    def __call__(self, x: jax.Array, train: bool = False, pre_logits: bool = False) -> jax.Array:
+        return self.forward_head(self.forward_features(x, train), pre_logits, train)
+
+
+CONFIG = ViTConfig
+MODEL = VisionTransformer

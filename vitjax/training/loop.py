@@ -1,0 +1,148 @@
+"""Training loops: one epoch, evaluation, and fit (epochs with per-epoch records)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+
+from vitjax.training.sharding import (
+    check_batch_size,
+    jit_steps,
+    make_mesh,
+    pad_batch,
+    replicate,
+    shard_batch,
+)
+from vitjax.training.steps import Batch, Metrics, Schedule, TrainState
+
+
+def _summarise(metrics: list[Metrics]) -> tuple[float, float]:
+    """Example-weighted mean loss and accuracy of a list of step metrics."""
+    got = jax.device_get(metrics)
+    count = sum(float(m["count"]) for m in got)
+    if count == 0:
+        return math.nan, math.nan
+    loss = sum(float(m["loss"]) * float(m["count"]) for m in got) / count
+    acc = sum(float(m["accuracy"]) * float(m["count"]) for m in got) / count
+    return loss, acc
+
+
+def _bar(batches: Iterable[Batch], desc: str, progress: bool) -> Iterable[Batch]:
+    """batches, wrapped in a tqdm progress bar when progress is on."""
+    if not progress:
+        return batches
+    from tqdm.auto import tqdm
+
+    total = len(batches) if hasattr(batches, "__len__") else None
+    return tqdm(batches, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=None)
+
+
+def train_epoch(
+    state: TrainState,
+    batches: Iterable[Batch],
+    rng: jax.Array,
+    step_fn: Callable,
+    mesh: Mesh,
+    batch_size: int,
+    *,
+    desc: str = "train",
+    progress: bool = False,
+) -> tuple[TrainState, list[Metrics]]:
+    """Run step_fn over one epoch of batches; the per-step metrics (device arrays)."""
+    metrics = []
+    bar = _bar(batches, desc, progress)
+    for batch in bar:
+        state, m = step_fn(state, shard_batch(pad_batch(batch, batch_size), mesh), rng)
+        metrics.append(m)
+        if progress and len(metrics) % 10 == 1:
+            bar.set_postfix(loss=f"{float(m['loss']):.4f}")
+    return state, metrics
+
+
+def evaluate(
+    state: TrainState,
+    batches: Iterable[Batch],
+    eval_fn: Callable,
+    mesh: Mesh,
+    batch_size: int,
+    *,
+    progress: bool = False,
+) -> tuple[float, float]:
+    """Example-weighted mean loss and accuracy over batches."""
+    metrics = [
+        eval_fn(state, shard_batch(pad_batch(b, batch_size), mesh))
+        for b in _bar(batches, "val", progress)
+    ]
+    return _summarise(metrics)
+
+
+def fit(
+    state: TrainState,
+    train_data: Callable[[int], Iterable[Batch]],
+    val_data: Callable[[int], Iterable[Batch]] | None,
+    epochs: int,
+    *,
+    batch_size: int,
+    rng: jax.Array | None = None,
+    start_epoch: int = 0,
+    lr_schedule: Schedule | None = None,
+    mesh: Mesh | None = None,
+    on_epoch_end: Callable[[TrainState, dict[str, Any]], None] | None = None,
+    progress: bool = False,
+) -> tuple[TrainState, list[dict[str, Any]]]:
+    """Train epochs start_epoch..epochs-1 (train_data(e) gives epoch e's batches), evaluating each.
+
+    Returns the final state and one record per epoch: epoch (1-based), lr, train_loss,
+    train_acc, val_loss, val_acc. Batches are padded to batch_size and split over mesh
+    (default: all devices). on_epoch_end(state, record) runs after each epoch (checkpoints, logs).
+    """
+    mesh = mesh if mesh is not None else make_mesh()
+    check_batch_size(batch_size, mesh)
+    rng = rng if rng is not None else jax.random.PRNGKey(0)
+    step_fn, eval_fn = jit_steps(mesh)
+    state = replicate(state, mesh)
+    history = []
+    for epoch in range(start_epoch, epochs):
+        lr = float(lr_schedule(int(state.step))) if lr_schedule is not None else math.nan
+        desc = f"epoch {epoch + 1}/{epochs}"
+        state, metrics = train_epoch(
+            state, train_data(epoch), rng, step_fn, mesh, batch_size, desc=desc, progress=progress
+        )
+        train_loss, train_acc = _summarise(metrics)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"epoch {epoch + 1}: training loss is {train_loss} (lr {lr:g}); "
+                "lower the learning rate or clip gradients"
+            )
+        val_loss, val_acc = math.nan, math.nan
+        if val_data is not None:
+            val_loss, val_acc = evaluate(
+                state, val_data(epoch), eval_fn, mesh, batch_size, progress=progress
+            )
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+        }
+        history.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(state, record)
+    return state, history
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """One human line per epoch: epoch, lr, train loss/acc, val loss/acc."""
+    return (
+        f"epoch {record['epoch']:3d}  lr {record['lr']:.3e}  "
+        f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
+        f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
+    )
+
+

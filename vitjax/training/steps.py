@@ -1,0 +1,170 @@
+"""Training steps: TrainState, torch-semantics optimizers, train_step and eval_step.
+
+``train_step(state, batch, rng)`` is pure: the caller jits it with the state donated (``fit``
+does). A batch is ``{"image": (B, H, W, C) float32, "label": (B,) int32}`` with an optional
+``"mask"`` (B,) of 0/1 weights, so a short last batch can be padded to a fixed shape and still
+give the exact mean over its real examples. Models with BatchNorm keep their running statistics
+in ``state.batch_stats``, updated in training mode as torch updates them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from flax.training import train_state
+
+Batch = dict[str, Any]
+Metrics = dict[str, Any]
+Schedule = Callable[[Any], Any]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+NO_WEIGHT_DECAY = frozenset({"pos_embed", "cls_token", "reg_token", "dist_token"})  # timm's set
+HEAD_NAMES = ("head", "head_dist")
+
+
+class TrainState(train_state.TrainState):
+    """flax TrainState (step, params, tx, opt_state), BatchNorm statistics, label smoothing."""
+
+    batch_stats: Any = None
+    label_smoothing: float = struct.field(pytree_node=False, default=0.0)
+
+
+def _top_name(path: tuple[Any, ...]) -> str:
+    """Name of the top-level module or parameter of a tree path."""
+    return str(getattr(path[0], "key", path[0]))
+
+
+def decay_mask(params: Any) -> Any:
+    """True where timm's AdamW decays: not 1-D (biases, norms, scales), not a token or pos_embed."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: bool(np.ndim(p) > 1 and _top_name(path) not in NO_WEIGHT_DECAY), params
+    )
+
+
+def head_labels(params: Any) -> Any:
+    """'train' for the classifier (head, head_dist), 'frozen' for everything else."""
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: "train" if _top_name(path) in HEAD_NAMES else "frozen", params
+    )
+    if "train" not in jax.tree_util.tree_leaves(labels):
+        raise ValueError("freeze_backbone: the model has no head to train (num_classes=0?)")
+    return labels
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float | Schedule,
+    *,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    clip_grad: float | None = None,
+    freeze_backbone: bool = False,
+) -> optax.GradientTransformation:
+    """An optax optimizer with torch.optim semantics (Adam: coupled L2; AdamW: timm's mask)."""
+    if name == "adam":  # torch.optim.Adam: weight decay is L2 added to the gradient
+        core = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+        core.append(optax.scale_by_adam(*betas, eps=eps))
+    elif name == "adamw":  # torch.optim.AdamW on timm's param groups: decoupled, masked
+        core = [optax.scale_by_adam(*betas, eps=eps)]
+        if weight_decay:
+            core.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
+    elif name == "sgd":  # torch.optim.SGD: coupled L2, dampening 0, optional nesterov
+        core = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+        if momentum:
+            core.append(optax.trace(decay=momentum, nesterov=nesterov))
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
+    clip = [optax.clip_by_global_norm(clip_grad)] if clip_grad else []
+    tx = optax.chain(*clip, *core, optax.scale_by_learning_rate(learning_rate))
+    if freeze_backbone:
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, head_labels)
+    return tx
+
+
+def create_train_state(
+    model: Any,
+    variables: dict[str, Any],
+    tx: optax.GradientTransformation,
+    label_smoothing: float = 0.0,
+) -> TrainState:
+    """A fresh TrainState at step 0 (params copied, so donating it leaves variables intact)."""
+    params = jax.tree_util.tree_map(jnp.array, variables["params"])
+    stats = variables.get("batch_stats")
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
+        opt_state=jax.jit(tx.init)(params),
+        batch_stats=None if stats is None else jax.tree_util.tree_map(jnp.array, stats),
+        label_smoothing=label_smoothing,
+    )
+
+
+def variables_of(state: TrainState, params: Any = None) -> dict[str, Any]:
+    """The Flax variables of a state (its params, or the given ones, and batch statistics)."""
+    variables = {"params": state.params if params is None else params}
+    if state.batch_stats is not None:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
+def _mask(batch: Batch) -> jax.Array:
+    """Per-example weights: the batch's mask, or ones."""
+    if "mask" in batch:
+        return batch["mask"].astype(jnp.float32)
+    return jnp.ones(batch["label"].shape, jnp.float32)
+
+
+def loss_and_metrics(
+    logits: jax.Array, batch: Batch, label_smoothing: float = 0.0
+) -> tuple[jax.Array, Metrics]:
+    """Mean cross-entropy (torch's, with label smoothing) and accuracy over unmasked examples."""
+    logits = logits.astype(jnp.float32)
+    labels, w = batch["label"], _mask(batch)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    count = w.sum()
+    denom = jnp.maximum(count, 1.0)
+    loss = (optax.softmax_cross_entropy(logits, targets) * w).sum() / denom
+    accuracy = ((jnp.argmax(logits, -1) == labels) * w).sum() / denom
+    return loss, {"loss": loss, "accuracy": accuracy, "count": count}
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+    """One optimizer step; dropout/drop-path draw from fold_in(rng, step)."""
+    rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params: Any) -> tuple[jax.Array, tuple[Metrics, Any]]:
+        variables = variables_of(state, params)
+        if state.batch_stats is None:
+            logits = state.apply_fn(variables, batch["image"], train=True, rngs={"dropout": rng})
+            stats = None
+        else:  # BatchNorm in training mode: batch statistics, running-stat update
+            logits, updates = state.apply_fn(
+                variables, batch["image"], train=True, rngs={"dropout": rng},
+                mutable=["batch_stats"],
+            )  # fmt: skip
+            stats = updates["batch_stats"]
+        loss, metrics = loss_and_metrics(logits, batch, state.label_smoothing)
+        return loss, (metrics, stats)
+
+    grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads)
+    return (state if stats is None else state.replace(batch_stats=stats)), metrics
+
+
+def eval_step(state: TrainState, batch: Batch) -> Metrics:
+    """Loss and accuracy of the model in eval mode (no dropout)."""
+    logits = state.apply_fn(variables_of(state), batch["image"], train=False)
+    return loss_and_metrics(logits, batch, state.label_smoothing)[1]
+
+

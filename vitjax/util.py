@@ -1,0 +1,44 @@
+"""Pure-Python helpers shared across vitjax (no jax, no torch): sizes, constants, atomic writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# timm's data constants (timm/data/constants.py).
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)
+IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_CROP_PCT = 0.875
+
+# Kernel switches (vitjax.layers.attention / linear); "auto" chooses per platform.
+ATTN_IMPLS = ("auto", "xla", "cpu", "cudnn")
+DENSE_IMPLS = ("auto", "xla", "cpu")
+
+
+def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Return (x, x) for an int, the pair itself otherwise."""
+    if isinstance(x, (tuple, list)):
+        a, b = x
+        return int(a), int(b)
+    return int(x), int(x)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write data to path through a temporary file in its folder and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -1,0 +1,1 @@
+"""Weights: conversion rules (convert), file formats (files, npz), the hub (hub), errors."""
