@@ -55,15 +55,25 @@ def test_train_rejects_bad_arguments(tmp_path, capsys):
     out = ["--out", str(tmp_path / "run")]
     cases = {
         ("--model", "vit_tiny_patch16_2244"): "did you mean vit_tiny_patch16_224",
-        ("--epochs", "0"): "epochs=0 must be >= 1",
-        ("--batch-size", "-4"): "batch_size=-4 must be >= 1",
-        ("--img-size", "0"): "img_size=0 must be >= 1",
-        ("--lr", "-1"): "lr=-1.0 must be >= 0",
-        ("--keep", "0"): "keep=0 must be >= 1",
+        ("--epochs", "0"): "argument --epochs: must be >= 1, got 0",
+        ("--batch-size", "-4"): "argument --batch-size: must be >= 1, got -4",
+        ("--img-size", "0"): "argument --img-size: must be >= 1",
+        ("--lr", "-1"): "argument --lr: must be >= 0.0, got -1.0",
+        ("--keep", "0"): "argument --keep: must be >= 1",
+        # every numeric flag has a checked range, named in the error
+        ("--clip-grad", "-1"): "argument --clip-grad: must be > 0.0",
+        ("--label-smoothing", "5"): "argument --label-smoothing: must be <= 1.0",
+        ("--momentum", "-5"): "argument --momentum: must be >= 0.0",
+        ("--hflip", "5"): "argument --hflip: must be <= 1.0",
+        ("--crop-scale", "2", "3"): "argument --crop-scale: must be <= 1.0",
+        ("--gamma", "0"): "argument --gamma: must be > 0.0",
+        ("--lr", "nan"): "argument --lr: must be finite",
+        ("--workers", "-1"): "argument --workers: must be >= 0",
+        ("--cpu-devices", "0"): "argument --cpu-devices: must be >= 1",
         ("--data", str(tmp_path / "nope")): "nope does not exist",
         ("--init", str(tmp_path / "nope.pth")): "nope.pth: no such file",
-        ("--val-fraction", "1.5"): "val_fraction",
-        ("--epochs", "two"): "invalid int value: 'two'",
+        ("--val-fraction", "1.5"): "argument --val-fraction: must be <= 1.0",
+        ("--epochs", "two"): "argument --epochs: expected a number, got 'two'",
         ("--model-args", "depth"): "expected KEY=VALUE",
         ("--optimizer", "lion"): "invalid choice: 'lion'",
     }
@@ -136,8 +146,8 @@ def test_plot_schedules_rejects_bad_arguments(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     cases = {
-        ("--epochs", "0"): "--epochs must be >= 1",
-        ("--base-lr", "-1"): "--base-lr must be > 0",
+        ("--epochs", "0"): "--epochs out of range, got 0",
+        ("--base-lr", "-1"): "--base-lr out of range, got -1.0",
         ("--out", str(blocker / "lr.png")): f"cannot write {blocker / 'lr.png'}",
     }
     for argv, reason in cases.items():

@@ -14,7 +14,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import pil_loader
 
 from parity_tests.parity import assert_close
-from vitjax.training import data
+from vitjax.training import data, transforms
 
 ATOL = 1e-6  # float32 eval arrays; the same IEEE ops on both sides, so diffs are expected to be 0
 MAX_DIFFS: dict[str, float] = {}
@@ -132,10 +132,10 @@ EVAL_CONFIGS = [  # (img_size, crop_pct, resize_size)
 )
 def test_eval_transform_matches_torch(image_root, interpolation, img_size, crop_pct, resize_size):
     paths, _, _ = data.list_image_folder(image_root)
-    mean, std = data.IMAGENET_DEFAULT_MEAN, data.IMAGENET_DEFAULT_STD
+    mean, std = transforms.IMAGENET_DEFAULT_MEAN, transforms.IMAGENET_DEFAULT_STD
     resize = resize_size or int(img_size / crop_pct)
     for path in paths:
-        ours = data.eval_transform(
+        ours = transforms.eval_transform(
             data.read_image(path),
             img_size,
             crop_pct=crop_pct,
@@ -158,8 +158,8 @@ TIMM_MODELS = [
 def test_eval_transform_matches_timm(image_root, name):
     pretrained_cfg = timm.models.get_pretrained_cfg(name).to_dict()
     tf = timm.data.create_transform(**timm.data.resolve_data_config(pretrained_cfg=pretrained_cfg))
-    config = data.data_config_from_pretrained_cfg(pretrained_cfg)
-    ours_tf = data.EvalTransform(config)
+    config = transforms.data_config_from_pretrained_cfg(pretrained_cfg)
+    ours_tf = transforms.EvalTransform(config)
     paths, _, _ = data.list_image_folder(image_root)
     for path in paths[:4]:
         ref = tf(pil_loader(path)).permute(1, 2, 0).numpy()
@@ -167,13 +167,13 @@ def test_eval_transform_matches_timm(image_root, name):
 
 
 def test_data_config_defaults_match_timm_vit():
-    config = data.data_config_from_pretrained_cfg({})
-    assert config == data.DataConfig()
+    config = transforms.data_config_from_pretrained_cfg({})
+    assert config == transforms.DataConfig()
     assert config.mean == (0.485, 0.456, 0.406) and config.std == (0.229, 0.224, 0.225)
     assert config.crop_pct == 0.875 and config.interpolation == "bicubic"
     assert config.img_size == (224, 224)
     cfg = timm.models.get_pretrained_cfg("vit_base_patch16_224.augreg2_in21k_ft_in1k").to_dict()
-    config = data.data_config_from_pretrained_cfg(cfg)
+    config = transforms.data_config_from_pretrained_cfg(cfg)
     assert config.crop_pct == 0.9 and config.mean == (0.5, 0.5, 0.5)
 
 
@@ -184,19 +184,19 @@ def test_data_config_defaults_match_timm_vit():
 def test_resized_crop_matches_torch(image_root, interpolation):
     """Given the same crop box and flip, the train pipeline equals torchvision's functional ops."""
     paths, _, _ = data.list_image_folder(image_root)
-    mean, std = data.IMAGENET_DEFAULT_MEAN, data.IMAGENET_DEFAULT_STD
+    mean, std = transforms.IMAGENET_DEFAULT_MEAN, transforms.IMAGENET_DEFAULT_STD
     mode = T.InterpolationMode(interpolation)
     rng = np.random.default_rng(0)
     for path in paths:
         img = data.read_image(path)
-        box = data.random_resized_crop_params(rng, img.height, img.width)
+        box = transforms.random_resized_crop_params(rng, img.height, img.width)
         for flip in (False, True):
-            out = data.resized_crop(img, box, 24, interpolation)
+            out = transforms.resized_crop(img, box, 24, interpolation)
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out
             ref = TF.resized_crop(pil_loader(path), *box, [24, 24], mode)
             ref = TF.hflip(ref) if flip else ref
             ref = TF.normalize(TF.to_tensor(ref), mean, std).permute(1, 2, 0).numpy()
-            check(f"train[{interpolation}] {path}", data.to_array(out, mean, std), ref)
+            check(f"train[{interpolation}] {path}", transforms.to_array(out, mean, std), ref)
 
 
 FALLBACK_CONFIGS = {  # crops that never fit: torchvision falls back deterministically
@@ -213,7 +213,7 @@ def test_random_resized_crop_params_matches_torch(name):
     (height, width), scale = FALLBACK_CONFIGS[name]
     img = Image.new("RGB", (width, height))
     ref = T.RandomResizedCrop.get_params(img, list(scale), [3 / 4, 4 / 3])
-    ours = data.random_resized_crop_params(np.random.default_rng(0), height, width, scale)
+    ours = transforms.random_resized_crop_params(np.random.default_rng(0), height, width, scale)
     assert ours == tuple(ref)
 
 
@@ -226,7 +226,7 @@ def test_random_resized_crop_params_distribution_matches_torch():
         [T.RandomResizedCrop.get_params(img, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)]
     )
     rng = np.random.default_rng(0)
-    ours = np.array([data.random_resized_crop_params(rng, height, width) for _ in range(n)])
+    ours = np.array([transforms.random_resized_crop_params(rng, height, width) for _ in range(n)])
     top, left, h, w = ours.T
     assert np.all((top >= 0) & (left >= 0) & (top + h <= height) & (left + w <= width))
     for k, name in enumerate(["top", "left", "h", "w"]):
@@ -235,7 +235,7 @@ def test_random_resized_crop_params_distribution_matches_torch():
 
 def test_train_transform_is_seeded(image_root):
     img = data.read_image(data.list_image_folder(image_root)[0][0])
-    tf = data.TrainTransform(data.DataConfig(input_size=(3, 20, 28)))
+    tf = transforms.TrainTransform(transforms.DataConfig(input_size=(3, 20, 28)))
     a = tf(img, np.random.default_rng(1))
     b = tf(img, np.random.default_rng(1))
     c = tf(img, np.random.default_rng(2))
@@ -248,10 +248,10 @@ def test_train_transform_flips():
     """hflip=1 with a full-image crop is exactly a mirrored eval of the same image."""
     arr = np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)
     img = Image.fromarray(arr)
-    out = data.train_transform(
+    out = transforms.train_transform(
         img, np.random.default_rng(0), 12, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0
     )
-    np.testing.assert_array_equal(out, data.to_array(img)[:, ::-1])
+    np.testing.assert_array_equal(out, transforms.to_array(img)[:, ::-1])
 
 
 # ----------------------------------------------------------------------------- digits, splits
@@ -297,7 +297,7 @@ def digits_subset():
 
 
 def _batches(source, **kw):
-    tf = data.TrainTransform(data.DataConfig(input_size=(3, 12, 12)))
+    tf = transforms.TrainTransform(transforms.DataConfig(input_size=(3, 12, 12)))
     return list(data.make_loader(source, tf, 16, **kw))
 
 
@@ -309,7 +309,7 @@ def _same(a, b) -> bool:
 
 
 def test_make_loader_shapes_and_order(digits_subset):
-    tf = data.EvalTransform(data.DataConfig(input_size=(3, 8, 8), crop_pct=1.0))
+    tf = transforms.EvalTransform(transforms.DataConfig(input_size=(3, 8, 8), crop_pct=1.0))
     loader = data.make_loader(digits_subset, tf, 16, shuffle=False)
     batches = list(loader)
     assert len(loader) == len(batches) == 5
@@ -338,7 +338,7 @@ def test_make_loader_augmentation_independent_of_order(digits_subset):
     shuffled = _batches(digits_subset, shuffle=True, seed=0, epoch=0, num_threads=2)
     plain = _batches(digits_subset, shuffle=False, seed=0, epoch=0, num_threads=0)
     by_index = np.concatenate([b["image"] for b in plain])
-    tf = data.TrainTransform(data.DataConfig(input_size=(3, 12, 12)))
+    tf = transforms.TrainTransform(transforms.DataConfig(input_size=(3, 12, 12)))
     first = shuffled[0]["image"][0]
     matches = [i for i in range(len(digits_subset)) if np.array_equal(by_index[i], first)]
     assert len(matches) == 1
@@ -347,7 +347,7 @@ def test_make_loader_augmentation_independent_of_order(digits_subset):
 
 
 def test_make_loader_resumes_mid_epoch(digits_subset):
-    loader = data.make_loader(digits_subset, data.EvalTransform(), 16, shuffle=True, seed=1)
+    loader = data.make_loader(digits_subset, transforms.EvalTransform(), 16, shuffle=True, seed=1)
     it = iter(loader)
     next(it)
     state = it.get_state()
@@ -366,7 +366,7 @@ def test_make_loader_workers_give_same_batches(digits_subset):
 def test_make_loader_rejects_empty_epoch(digits_subset):
     with pytest.raises(ValueError, match="no batch"):
         data.make_loader(
-            digits_subset, data.EvalTransform(), 100, shuffle=False, drop_remainder=True
+            digits_subset, transforms.EvalTransform(), 100, shuffle=False, drop_remainder=True
         )
 
 
@@ -418,7 +418,7 @@ def test_bad_image_error_names_path(bad_root):
     with pytest.raises(data.ImageReadError, match="big.jpg"):
         ds[ds.images.index(truncated)]
     with pytest.raises(data.ImageReadError, match="garbage.png"):
-        list(data.make_loader(ds, data.EvalTransform(), 2, shuffle=False, num_threads=0))
+        list(data.make_loader(ds, transforms.EvalTransform(), 2, shuffle=False, num_threads=0))
 
 
 def test_skip_bad_counts(bad_root):
@@ -428,7 +428,7 @@ def test_skip_bad_counts(bad_root):
     assert sorted(ds.skipped) == sorted(
         [str(bad_root / "cat" / "garbage.png"), str(bad_root / "dog" / "big.jpg")]
     )
-    batches = list(data.make_loader(ds, data.EvalTransform(), 3, shuffle=False))
+    batches = list(data.make_loader(ds, transforms.EvalTransform(), 3, shuffle=False))
     assert sum(len(b["label"]) for b in batches) == 4
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from parity_tests.test_train_cli import TINY_FLAGS, TINY_RUN, script
-from vitjax import training as vtrain
+from vitjax.training import run as vtrain
 from vitjax.training import checkpoints as ck
 from vitjax.training.run import RunConfig, train_and_evaluate
 from vitjax.weights.files import load_state_dict
@@ -33,7 +33,7 @@ def wait_for_epoch(proc: subprocess.Popen, epoch: int) -> None:
 
 def assert_same_run(a: Path, b: Path) -> None:
     """Two run dirs hold the same metrics.jsonl and the same final weights."""
-    ma, mb = ck.read_metrics(a / ck.METRICS_NAME), ck.read_metrics(b / ck.METRICS_NAME)
+    ma, mb = (ck.strip_timing(ck.read_metrics(d / ck.METRICS_NAME)) for d in (a, b))
     assert [r["epoch"] for r in mb] == list(range(1, EPOCHS + 1))
     assert ma == mb, f"resumed run differs:\n{ma}\n{mb}"
     wa, wb = load_state_dict(a / ck.MODEL_DIR), load_state_dict(b / ck.MODEL_DIR)
@@ -45,8 +45,8 @@ def test_kill9_and_ctrl_c_then_resume_match_uninterrupted(tmp_path):
     """kill -9 and SIGINT mid-run (subprocesses), then --resume == a run never interrupted."""
     killed = script("train.py", "--out", str(tmp_path / "killed"), "--epochs", "3", *TINY_FLAGS)
     ctrl_c = script("train.py", "--out", str(tmp_path / "ctrl_c"), "--epochs", "30", *TINY_FLAGS)
-    wait_for_epoch(killed, 1)
-    killed.send_signal(signal.SIGKILL)  # most likely while epoch 1's checkpoint is being written
+    wait_for_epoch(killed, 2)  # epoch 1's checkpoint is complete once epoch 2's save starts
+    killed.send_signal(signal.SIGKILL)  # most likely while epoch 2's checkpoint is being written
     wait_for_epoch(ctrl_c, 1)
     ctrl_c.send_signal(signal.SIGINT)
     straight = tmp_path / "straight"
@@ -56,16 +56,16 @@ def test_kill9_and_ctrl_c_then_resume_match_uninterrupted(tmp_path):
     assert killed.returncode == -signal.SIGKILL, killed.stderr.read()[-3000:]
     assert ctrl_c.returncode == 130, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
-    ours = [line for line in err.splitlines() if line.startswith("train.py:")]
+    ours = [line for line in err.splitlines() if line.startswith("vitjax-train:")]
     assert len(ours) == 1, err[-3000:]
     last = ours[0]
     assert "interrupted after epoch" in last and "--resume" in last, err[-3000:]
     stopped = int(last.split("interrupted after epoch ")[1].split(";")[0])
     assert f"last good checkpoint: epoch {stopped}" in last
     assert ck.Checkpointer(tmp_path / "ctrl_c" / ck.CHECKPOINT_DIR).latest_epoch() == stopped
-    kept = ck.read_metrics(tmp_path / "ctrl_c" / ck.METRICS_NAME)
+    kept = ck.strip_timing(ck.read_metrics(tmp_path / "ctrl_c" / ck.METRICS_NAME))
     assert len(kept) == stopped  # it may have run ahead of us: compare the epochs both have
-    assert kept[:EPOCHS] == ck.read_metrics(straight / ck.METRICS_NAME)[:stopped]
+    assert kept[:EPOCHS] == ck.strip_timing(ck.read_metrics(straight / ck.METRICS_NAME))[:stopped]
     train_and_evaluate(
         RunConfig(out=str(tmp_path / "killed"), epochs=EPOCHS, resume=True, progress=False)
     )
@@ -102,7 +102,7 @@ def _train_main(argv: list[str]) -> str:
     with pytest.raises(SystemExit) as info:
         load_script("train.py").main(argv)
     msg = str(info.value.code)
-    assert msg.startswith("train.py: error:") and "\n" not in msg, msg
+    assert msg.startswith("vitjax-train: error:") and "\n" not in msg, msg
     return msg
 
 

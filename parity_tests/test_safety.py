@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from vitjax import factory as models
+from vitjax import predict
 from vitjax.models.vit import VisionTransformer
 from vitjax.registry import get_config
-from vitjax.training import checkpoints as ck
 from vitjax.training import data
 from vitjax.weights import files as io
 from vitjax.weights.convert import WeightMismatchError
@@ -89,7 +89,7 @@ def test_code_in_pickle_never_runs_library(tmp_path):
         for load in (
             io.load_state_dict,
             lambda p: models.create_model(NAME, checkpoint_path=p, **TINY),
-            lambda p: ck.load_trained(p, NAME, **TINY),
+            lambda p: predict.load_trained(p, NAME, **TINY),
         ):
             with pytest.raises(io.CheckpointError, match=r"refused.*safetensors") as info:
                 load(path)

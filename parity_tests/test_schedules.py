@@ -213,6 +213,36 @@ def test_schedule_drives_optax():
         np.testing.assert_allclose(float(updates["w"]), -schedule(t), rtol=RTOL_F32)
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [{}, dict(base_lr=0.3, t_max=7, eta_min=0.01, step_size=4, step_gamma=0.5, exp_gamma=0.9)],
+    ids=["notebook", "flags"],
+)
+def test_notebook_schedules_match_torch(kw):
+    """plot_schedules' curves are torch's schedulers stepped per epoch (the notebook's three)."""
+    got = schedules.notebook_schedules(**kw)
+    lr = kw.get("base_lr", 1.0)
+    make = [
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(
+            o, T_max=kw.get("t_max", 10), eta_min=kw.get("eta_min", 0.0)
+        ),
+        lambda o: torch.optim.lr_scheduler.StepLR(
+            o, step_size=kw.get("step_size", 30), gamma=kw.get("step_gamma", 0.2)
+        ),
+        lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=kw.get("exp_gamma", 0.95)),
+    ]
+    assert [n.split("(")[0] for n in got] == ["CosineAnnealingLR", "StepLR", "ExponentialLR"]
+    for (name, sched), mk in zip(got.items(), make, strict=True):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        ref = mk(opt)
+        want = []
+        for _ in range(100):
+            want.append(opt.param_groups[0]["lr"])
+            opt.step()
+            ref.step()
+        np.testing.assert_allclose([sched(e) for e in range(100)], want, rtol=1e-10, err_msg=name)
+
+
 def test_plot_schedules_writes_png(tmp_path):
     out = schedules.plot_schedules(schedules.notebook_schedules(), 100, tmp_path / "lr.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

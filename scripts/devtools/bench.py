@@ -677,10 +677,10 @@ def bench_data(
     epochs: int = 2,
 ) -> dict[str, Any]:
     """Images/s that vitjax.data decodes and transforms from an image folder into batches."""
-    from vitjax.training import data
+    from vitjax.training import data, transforms
 
     ds = data.ImageDataset.from_folder(root)
-    tf = data.TrainTransform() if transform == "train" else data.EvalTransform()
+    tf = transforms.TrainTransform() if transform == "train" else transforms.EvalTransform()
     rates = []
     for epoch in range(epochs + 1):  # epoch 0 warms up (imports, worker start, file cache)
         loader = data.make_loader(

@@ -3,19 +3,23 @@
 No --data: the embedded digits (`make demo` adds its small model and recipe). Uses every visible
 device (data parallel; --batch-size must divide by their number). Writes OUT/metrics.jsonl,
 OUT/curves.png, OUT/checkpoints/ (orbax, every epoch) and OUT/model/ (save_pretrained:
-config.json + model.safetensors, timm keys).
+config.json + model.safetensors, timm keys). --resume continues OUT's run with its saved
+settings; only the flags typed on the command line change them (epochs, workers, keep, progress).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import math
 import sys
+from collections.abc import Callable, Sequence
 
 from vitjax.training.run import OPTIMIZERS, RunConfig, train_and_evaluate
+from vitjax.training.schedules import SCHEDULES
 
-SCHEDULES = ("constant", "step", "cosine", "exponential", "warmup_cosine")
 SCHEDULE_ARGS = ("t_max", "eta_min", "step_size", "gamma", "warmup_epochs")
+PROG = "vitjax-train"
 
 
 def key_value(text: str) -> tuple[str, object]:
@@ -29,127 +33,156 @@ def key_value(text: str) -> tuple[str, object]:
         return key, value
 
 
+def ranged(kind: type, low: float | None = None, high: float | None = None,
+           low_open: bool = False) -> Callable[[str], float]:  # fmt: skip
+    """An argparse type: a finite kind (int or float) within [low, high] (or (low, high])."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(
+                f"must be {'>' if low_open else '>='} {low}, got {value}"
+            )
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _default(value: object) -> str:
+    if isinstance(value, (tuple, list)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
 def parser() -> argparse.ArgumentParser:
-    """The CLI's flags (defaults from RunConfig)."""
+    """The CLI's flags; each help shows the real default once."""
     d = RunConfig()
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    a = p.add_argument
-    a("--data", default=None, help="image folder ROOT/<class>/*.jpg; none = embedded digits")
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )  # fmt: skip
+
+    def a(*flags: str, help: str, show: bool = True, **kw) -> None:
+        default = kw.get("default")
+        if show and default is not None and kw.get("action") not in ("store_true", "store_false"):
+            help = f"{help} (default: {_default(default)})"
+        p.add_argument(*flags, help=help, **kw)
+
+    pos_int, nonneg = ranged(int, 1), ranged(float, 0.0)
+    a("--data", help="image folder ROOT/<class>/*.jpg (default: the embedded digits)")
     a("--model", default=d.model, help="model name (vitjax.list_models())")
-    a(
-        "--model-args",
-        action="extend",
-        nargs="+",
-        type=key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="ViTConfig overrides (e.g. depth=4 drop_path_rate=0.1)",
-    )
-    a("--init", default=None, help="save_pretrained dir or checkpoint file to start from")
+    a("--model-args", action="extend", nargs="+", type=key_value, default=[], show=False,
+      metavar="KEY=VALUE", help="config overrides, e.g. depth=4 proj_drop_rate=0.1")  # fmt: skip
+    a("--init", help="save_pretrained dir or checkpoint file to start from (default: random init)")
     a("--freeze-backbone", action="store_true", help="train only the head (and head_dist)")
-    a("--num-classes", type=int, default=None, help="check the data has this many classes")
-    a("--img-size", type=int, default=None, help="input size (default: the model's)")
-    a("--epochs", type=int, default=d.epochs)
-    a("--batch-size", type=int, default=d.batch_size, help="global batch (divides by #devices)")
-    a("--lr", type=float, default=d.lr)
-    a("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    a("--weight-decay", type=float, default=None, help="default: 0.01 for adamw, else 0")
-    a("--momentum", type=float, default=d.momentum, help="sgd momentum")
+    a("--num-classes", type=pos_int, help="check that the data has this many classes")
+    a("--img-size", type=pos_int, help="input size (default: the model's)")
+    a("--epochs", type=pos_int, default=d.epochs, help="epochs to train")
+    a("--batch-size", type=pos_int, default=d.batch_size, help="global batch (divides by #devices)")
+    a("--lr", type=nonneg, default=d.lr, help="base learning rate")
+    a("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="torch.optim semantics")
+    a("--weight-decay", type=nonneg, help="weight decay (default: 0.01 for adamw, else 0)")
+    a("--momentum", type=ranged(float, 0.0, 1.0), default=d.momentum, help="sgd momentum")
     a("--nesterov", action="store_true", help="sgd with Nesterov momentum")
-    a("--schedule", choices=SCHEDULES, default=d.schedule)
-    a("--t-max", type=int, default=None, help="cosine period (default: epochs)")
-    a("--eta-min", type=float, default=None, help="cosine minimum lr")
-    a("--step-size", type=int, default=None, help="step schedule period")
-    a("--gamma", type=float, default=None, help="step/exponential decay factor")
-    a("--warmup-epochs", type=float, default=None, help="warmup_cosine warmup")
-    a(
-        "--per-step-schedule",
-        action="store_true",
-        help="count t-max/step-size in optimizer steps instead of epochs",
-    )
-    a("--clip-grad", type=float, default=None, help="clip the global gradient norm")
-    a("--label-smoothing", type=float, default=d.label_smoothing)
-    a(
-        "--no-augment",
-        dest="augment",
-        action="store_false",
-        help="train on the eval transform (no random crop / flip)",
-    )
-    a("--hflip", type=float, default=None, help="flip probability (default: 0.5, digits 0)")
-    a(
-        "--crop-scale",
-        type=float,
-        nargs=2,
-        default=d.crop_scale,
-        metavar=("MIN", "MAX"),
-        help="random resized crop area range",
-    )
-    a("--val-fraction", type=float, default=d.val_fraction)
-    a(
-        "--skip-bad",
-        action="store_true",
-        help="skip (and count) unreadable images instead of failing on the first",
-    )
-    a("--seed", type=int, default=d.seed)
-    a("--workers", type=int, default=d.workers, help="grain worker processes (0: in-process)")
-    a(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default=d.precision,
-        help="bf16: bfloat16 compute, float32 params and optimizer state",
-    )
-    a(
-        "--cpu-devices",
-        type=int,
-        default=None,
-        metavar="N",
-        help="opt-in, CPU only: show the cores to JAX as N devices and train data parallel over "
-        "them (measured on 2 cores: vit_small_patch16_224 batch 32 training 5.5 -> 5.8 images/s, "
-        "peak heap 4.3 -> 6.2 GB; small models get slower: make demo 27 -> 37 s); default: "
-        "JAX's one CPU device",
-    )
-    a("--keep", type=int, default=d.keep, help="checkpoints to keep")
+    a("--schedule", choices=SCHEDULES, default=d.schedule, help="lr schedule (torch's schedulers)")
+    a("--t-max", type=pos_int, help="cosine period (default: epochs)")
+    a("--eta-min", type=nonneg, help="cosine minimum lr (default: 0)")
+    a("--step-size", type=pos_int, help="step schedule period (default: 30)")
+    a("--gamma", type=ranged(float, 0.0, 1.0, low_open=True),
+      help="step/exponential decay factor (default: 0.1 step, 0.95 exponential)")  # fmt: skip
+    a("--warmup-epochs", type=nonneg, help="warmup_cosine warmup (default: 0)")
+    a("--per-step-schedule", action="store_true",
+      help="count t-max/step-size in optimizer steps instead of epochs")  # fmt: skip
+    a("--clip-grad", type=ranged(float, 0.0, low_open=True),
+      help="clip the global gradient norm to this value (default: no clipping)")  # fmt: skip
+    a("--label-smoothing", type=ranged(float, 0.0, 1.0), default=d.label_smoothing,
+      help="cross-entropy label smoothing")  # fmt: skip
+    a("--no-augment", dest="augment", action="store_false",
+      help="train on the eval transform, no random crop / flip (default: augment)")  # fmt: skip
+    a("--hflip", type=ranged(float, 0.0, 1.0),
+      help="horizontal flip probability (default: 0.5; 0 for the digits)")  # fmt: skip
+    a("--crop-scale", type=ranged(float, 0.0, 1.0, low_open=True), nargs=2, default=d.crop_scale,
+      metavar=("MIN", "MAX"), help="random resized crop area range")  # fmt: skip
+    a("--val-fraction", type=ranged(float, 0.0, 1.0, low_open=True), default=d.val_fraction,
+      help="share of the data held out for validation")  # fmt: skip
+    a("--skip-bad", action="store_true",
+      help="skip (and count) unreadable images instead of failing on the first")  # fmt: skip
+    a("--seed", type=ranged(int, 0), default=d.seed, help="seed of split, init, shuffling")
+    a("--workers", type=ranged(int, 0), default=d.workers,
+      help="grain worker processes (0: in-process)")  # fmt: skip
+    a("--precision", choices=("fp32", "bf16"), default=d.precision,
+      help="bf16: bfloat16 compute, float32 params and optimizer state")  # fmt: skip
+    a("--cpu-devices", type=pos_int, metavar="N",
+      help="opt-in, CPU only: show the cores to JAX as N devices and train data parallel over "
+      "them (measured on 2 cores: vit_small_patch16_224 batch 32 training 5.5 -> 5.8 images/s, "
+      "peak heap 4.3 -> 6.2 GB; small models get slower: make demo 27 -> 37 s) (default: JAX's "
+      "one CPU device)")  # fmt: skip
+    a("--keep", type=pos_int, default=d.keep, help="checkpoints to keep")
     a("--out", default=d.out, help="run directory")
     a("--resume", action="store_true", help="continue the run in --out where it stopped")
     a("--overwrite", action="store_true", help="replace a run already in --out")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    a("--no-progress", dest="progress", action="store_false",
+      help="no progress bars (default: progress bars)")  # fmt: skip
     return p
+
+
+def typed_flags(p: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The dests of the flags that argv names (not the ones left at their defaults)."""
+    given = set()
+    for action in p._actions:
+        for opt in action.option_strings:
+            if any(arg == opt or arg.startswith(opt + "=") for arg in argv):
+                given.add(action.dest)
+    return given
 
 
 def apply_cpu_devices(n: int | None) -> None:
     """--cpu-devices: split the CPU into n JAX devices (before JAX's backend starts)."""
     if n is None:
         return
-    if n < 1:
-        raise SystemExit(f"train.py: error: --cpu-devices must be >= 1, got {n}")
     import jax
 
     jax.config.update("jax_num_cpu_devices", n)
 
 
-def run(args: argparse.Namespace) -> None:
-    """Train with parsed flags (the CLI's body; scripts/train.py adds its tuning flags first)."""
-    args = vars(args)
-    apply_cpu_devices(args.pop("cpu_devices"))
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """RunConfig from the parsed flags."""
+    args = dict(vars(args))
+    args.pop("cpu_devices", None)
     args["model_args"] = dict(args["model_args"])
     args["crop_scale"] = tuple(args["crop_scale"])
     args["schedule_args"] = {k: args.pop(k) for k in SCHEDULE_ARGS if args[k] is not None}
     for k in SCHEDULE_ARGS:
         args.pop(k, None)
+    return RunConfig(**args)
+
+
+def run(args: argparse.Namespace, given: set[str] | None = None) -> None:
+    """Train with parsed flags; given: the flags typed (what --resume may change)."""
+    apply_cpu_devices(args.cpu_devices)
     try:
-        train_and_evaluate(RunConfig(**args))
+        cfg = run_config(args)
+        train_and_evaluate(cfg, given=None if given is None else given | {"resume", "out"})
     except (OSError, ValueError, FloatingPointError) as e:  # bad input: the message names it
-        raise SystemExit(f"train.py: error: {e}") from e
-    except KeyboardInterrupt as e:  # Ctrl-C: the last epoch's checkpoint is saved
-        print(f"train.py: {e or 'interrupted'}", file=sys.stderr)
+        raise SystemExit(f"{PROG}: error: {e}") from e
+    except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM: the last epoch's checkpoint is saved
+        print(f"{PROG}: {e or 'interrupted'}", file=sys.stderr)
         raise SystemExit(130) from e
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of vitjax-train."""
-    run(parser().parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
+    run(p.parse_args(argv), typed_flags(p, argv))
 
 
 if __name__ == "__main__":

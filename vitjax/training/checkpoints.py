@@ -16,12 +16,15 @@ from typing import Any
 
 import jax
 
+from vitjax.util import write_atomic
+
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
 RUN_CONFIG_NAME = "run_config.json"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
 METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+TIMING_KEYS = ("seconds", "images_per_s")  # wall-clock figures: differ between identical runs
 
 
 class Checkpointer:
@@ -36,7 +39,10 @@ class Checkpointer:
 
     @staticmethod
     def _tree(state: Any) -> dict[str, Any]:
-        return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+        tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+        if getattr(state, "batch_stats", None) is not None:
+            tree["batch_stats"] = state.batch_stats
+        return tree
 
     def save(self, epoch: int, state: Any, meta: dict[str, Any] | None = None) -> None:
         """Save the state after `epoch` epochs (asynchronously; atomic on completion)."""
@@ -72,10 +78,7 @@ class Checkpointer:
         got = self.manager.restore(
             epoch, args=args.Composite(state=args.StandardRestore(target), meta=args.JsonRestore())
         )
-        tree = got.state
-        return state.replace(
-            step=tree["step"], params=tree["params"], opt_state=tree["opt_state"]
-        ), dict(got.meta or {})
+        return state.replace(**got.state), dict(got.meta or {})
 
     def wait(self) -> None:
         """Block until pending (asynchronous) saves are complete."""
@@ -87,14 +90,6 @@ class Checkpointer:
         self.manager.close()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temporary file and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _json_number(x: Any) -> Any:
     """NaN/inf as None so that the file stays strict JSON."""
     return None if isinstance(x, float) and not math.isfinite(x) else x
@@ -102,9 +97,15 @@ def _json_number(x: Any) -> Any:
 
 def write_metrics(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> Path:
     """metrics.jsonl: one JSON object per epoch (epoch, lr, train_loss/acc, val_loss/acc)."""
-    lines = [json.dumps({k: _json_number(r[k]) for k in METRIC_KEYS}) for r in records]
-    _write_atomic(Path(path), "".join(line + "\n" for line in lines))
+    keys = METRIC_KEYS + TIMING_KEYS
+    lines = [json.dumps({k: _json_number(r[k]) for k in keys if k in r}) for r in records]
+    write_atomic(Path(path), "".join(line + "\n" for line in lines))
     return Path(path)
+
+
+def strip_timing(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records without their wall-clock figures (to compare runs)."""
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -117,7 +118,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> Path:
     """obj as indented JSON, atomically."""
-    _write_atomic(Path(path), json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_atomic(Path(path), json.dumps(obj, indent=2, sort_keys=True) + "\n")
     return Path(path)
 
 
@@ -159,68 +160,14 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> P
     return path
 
 
-def load_trained(
-    path: str | os.PathLike, model_name: str | None = None, **overrides: Any
-) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Model, variables and pretrained_cfg from a save_pretrained dir, a run dir or a weight file.
-
-    A weight file (.safetensors, .pth, .npz) needs model_name (and overrides such as num_classes).
-    """
-    from vitjax.factory import create_model, load_pretrained
-    from vitjax.weights import files as io
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
-    if path.is_dir() and not (path / io.CONFIG_NAME).is_file() and (path / MODEL_DIR).is_dir():
-        path = path / MODEL_DIR  # a scripts/train.py run directory
-    if path.is_dir():
-        model, variables = load_pretrained(path)
-        return model, variables, dict(io.read_config(path).get("pretrained_cfg") or {})
-    if model_name is None:
-        raise ValueError(f"{path}: a weight file needs the model name (--model)")
-    model, variables = create_model(model_name, checkpoint_path=path, **overrides)
-    return model, variables, {}
-
-
-def predict_files(
-    model: Any,
-    variables: dict[str, Any],
-    pretrained_cfg: dict[str, Any],
-    paths: Sequence[str | os.PathLike],
-    topk: int = 5,
-    batch_size: int = 32,
-) -> list[list[tuple[str, float]]]:
-    """Top-k (label, probability) per image file, with the model's eval preprocessing."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    from vitjax.training import data
-    from vitjax.util import to_2tuple
-
-    cfg = model.cfg
-    input_size = (cfg.in_chans, *to_2tuple(cfg.img_size))
-    transform = data.EvalTransform(
-        data.data_config_from_pretrained_cfg(pretrained_cfg, input_size=input_size)
-    )
-    names = list(pretrained_cfg.get("label_names") or range(cfg.num_classes))
-    apply = jax.jit(lambda x: jax.nn.softmax(model.apply(variables, x).astype(jnp.float32)))
-    results = []
-    for i in range(0, len(paths), batch_size):
-        chunk = paths[i : i + batch_size]
-        x = np.stack([transform(data.read_image(p)) for p in chunk])
-        probs = np.asarray(apply(x))
-        for row in probs:
-            top = np.argsort(-row)[:topk]
-            results.append([(str(names[j]), float(row[j])) for j in top])
-    return results
-
-
 def check_free_space(directory: str | os.PathLike, needed: int) -> None:
     """Raise OSError naming directory when its disk has less than `needed` bytes free."""
     import shutil
 
-    free = shutil.disk_usage(directory).free
+    existing = Path(directory).absolute()
+    while not existing.exists() and existing != existing.parent:  # OUT is made later
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
     if free < needed:
         raise OSError(
             f"{directory}: only {free / 2**20:.1f} MiB free on its disk; the run's checkpoints "

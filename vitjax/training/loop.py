@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -97,8 +98,10 @@ def fit(
     """Train epochs start_epoch..epochs-1 (train_data(e) gives epoch e's batches), evaluating each.
 
     Returns the final state and one record per epoch: epoch (1-based), lr, train_loss,
-    train_acc, val_loss, val_acc. Batches are padded to batch_size and split over mesh
-    (default: all devices). on_epoch_end(state, record) runs after each epoch (checkpoints, logs).
+    train_acc, val_loss, val_acc, seconds (the epoch's wall time, training and validation) and
+    images_per_s (training examples per second of training). Batches are padded to batch_size
+    and split over mesh (default: all devices). on_epoch_end(state, record) runs after each
+    epoch (checkpoints, logs).
     """
     mesh = mesh if mesh is not None else make_mesh()
     check_batch_size(batch_size, mesh)
@@ -109,10 +112,13 @@ def fit(
     for epoch in range(start_epoch, epochs):
         lr = float(lr_schedule(int(state.step))) if lr_schedule is not None else math.nan
         desc = f"epoch {epoch + 1}/{epochs}"
+        start = time.perf_counter()
         state, metrics = train_epoch(
             state, train_data(epoch), rng, step_fn, mesh, batch_size, desc=desc, progress=progress
         )
-        train_loss, train_acc = _summarise(metrics)
+        train_loss, train_acc = _summarise(metrics)  # waits for the epoch's last step
+        train_seconds = time.perf_counter() - start
+        images = sum(float(m["count"]) for m in jax.device_get(metrics))
         if not math.isfinite(train_loss):
             raise FloatingPointError(
                 f"epoch {epoch + 1}: training loss is {train_loss} (lr {lr:g}); "
@@ -130,6 +136,8 @@ def fit(
             "train_acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
+            "seconds": time.perf_counter() - start,
+            "images_per_s": images / train_seconds if train_seconds > 0 else math.nan,
         }
         history.append(record)
         if on_epoch_end is not None:
@@ -138,11 +146,14 @@ def fit(
 
 
 def format_record(record: dict[str, Any]) -> str:
-    """One human line per epoch: epoch, lr, train loss/acc, val loss/acc."""
-    return (
+    """One human line per epoch: epoch, lr, train loss/acc, val loss/acc, time, images/s."""
+    line = (
         f"epoch {record['epoch']:3d}  lr {record['lr']:.3e}  "
         f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
         f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
     )
+    if "seconds" in record:
+        line += f"  {record['seconds']:.1f} s  {record['images_per_s']:.1f} img/s"
+    return line
 
 

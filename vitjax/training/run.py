@@ -11,6 +11,7 @@ import shutil
 import signal
 import threading
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from vitjax.training.steps import (
 )
 from vitjax.util import to_2tuple
 
-RESUME_OVERRIDES = ("epochs", "workers", "progress", "keep", "resume", "overwrite", "out")
+RESUME_OVERRIDES = ("epochs", "workers", "progress", "keep")  # what --resume may change
 DIGITS_MEAN = DIGITS_STD = (0.5, 0.5, 0.5)
 
 
@@ -118,19 +119,38 @@ def _log(msg: str, cfg: RunConfig) -> None:
         print(msg, flush=True)
 
 
-def resumed_config(cfg: RunConfig) -> RunConfig:
-    """For --resume: the config saved in OUT, with cfg's RESUME_OVERRIDES; else cfg itself."""
+def _given(cfg: RunConfig, given: Iterable[str] | None) -> set[str]:
+    """The fields the caller set: given, or (for library callers) those off their defaults."""
+    if given is not None:
+        return set(given)
+    default = RunConfig()
+    return {f.name for f in dataclasses.fields(RunConfig) if getattr(cfg, f.name) != getattr(
+        default, f.name)}  # fmt: skip
+
+
+def resumed_config(cfg: RunConfig, given: Iterable[str] | None = None) -> RunConfig:
+    """For --resume: the config saved in OUT, changed only where the caller set a resumable field.
+
+    given names the fields the caller set (the CLI: the flags typed); None: those that differ
+    from RunConfig's defaults. Not resuming: cfg itself.
+    """
     from vitjax.training import checkpoints as ck
 
     saved_path = Path(cfg.out) / ck.RUN_CONFIG_NAME
     if not cfg.resume or not saved_path.is_file():
         return cfg
     saved = RunConfig.from_dict(ck.read_json(saved_path))
-    return dataclasses.replace(saved, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES})
+    changed = _given(cfg, given) & set(RESUME_OVERRIDES)
+    keep = {k: getattr(cfg, k) for k in changed}
+    return dataclasses.replace(saved, **keep, out=cfg.out, resume=True, overwrite=False)
 
 
-def prepare_run_dir(cfg: RunConfig) -> RunConfig:
-    """The run's config: saved in OUT for a new run, read back from OUT for --resume."""
+def prepare_run_dir(cfg: RunConfig, given: Iterable[str] | None = None) -> RunConfig:
+    """The run's config, checked against OUT: read back for --resume, else a new run's.
+
+    Writes and deletes nothing (``commit_run_dir`` does, once everything else has been checked):
+    a mistyped flag never costs an old run.
+    """
     from vitjax.training import checkpoints as ck
 
     out = Path(cfg.out)
@@ -138,29 +158,36 @@ def prepare_run_dir(cfg: RunConfig) -> RunConfig:
     if cfg.resume:
         if not saved_path.is_file():
             raise FileNotFoundError(f"--resume: {saved_path} missing; nothing to resume in {out}")
-        resumed, default = resumed_config(cfg), RunConfig()
-        for f in dataclasses.fields(RunConfig):
-            given, kept = getattr(cfg, f.name), getattr(resumed, f.name)
-            if given != kept and given != getattr(default, f.name):
+        resumed = resumed_config(cfg, given)
+        for name in sorted(_given(cfg, given) - set(RESUME_OVERRIDES) - {"resume", "out"}):
+            if getattr(cfg, name) != getattr(resumed, name):
                 warnings.warn(
-                    f"--resume keeps the run's {f.name}={kept!r} (ignoring {given!r})", stacklevel=2
+                    f"--resume keeps the run's {name}={getattr(resumed, name)!r} "
+                    f"(ignoring {getattr(cfg, name)!r})",
+                    stacklevel=2,
                 )
-        cfg = resumed
-    else:
-        ckpts = out / ck.CHECKPOINT_DIR
-        trained = (ckpts.is_dir() and any(ckpts.iterdir())) or (out / ck.MODEL_DIR).exists()
-        if trained and not cfg.overwrite:  # a run that failed before its first epoch is no loss
-            raise FileExistsError(
-                f"{out} already holds a run: pass --resume to continue it, "
-                "--overwrite to replace it, or another --out"
-            )
+        return resumed
+    ckpts = out / ck.CHECKPOINT_DIR
+    trained = (ckpts.is_dir() and any(ckpts.iterdir())) or (out / ck.MODEL_DIR).exists()
+    if trained and not cfg.overwrite:  # a run that failed before its first epoch is no loss
+        raise FileExistsError(
+            f"{out} already holds a run: pass --resume to continue it, "
+            "--overwrite to replace it, or another --out"
+        )
+    return dataclasses.replace(cfg, schedule_epochs=cfg.schedule_epochs or cfg.epochs)
+
+
+def commit_run_dir(cfg: RunConfig) -> None:
+    """Start writing OUT: a new run clears what an old one left there; run_config.json saved."""
+    from vitjax.training import checkpoints as ck
+
+    out = Path(cfg.out)
+    if not cfg.resume:
         for name in (ck.CHECKPOINT_DIR, ck.MODEL_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
         for name in (ck.METRICS_NAME, ck.CURVES_NAME):
             (out / name).unlink(missing_ok=True)
-        cfg = dataclasses.replace(cfg, schedule_epochs=cfg.schedule_epochs or cfg.epochs)
-    ck.write_json(saved_path, cfg.to_dict())
-    return cfg
+    ck.write_json(out / ck.RUN_CONFIG_NAME, cfg.to_dict())
 
 
 def load_datasets(cfg: RunConfig) -> tuple[Any, Any, tuple[str, ...]]:
@@ -221,32 +248,32 @@ def build_model(
 
 def data_config_for(cfg: RunConfig, model: VisionTransformer, pretrained_cfg: dict[str, Any]):
     """Preprocessing: the init checkpoint's pretrained_cfg, the digits' or timm's ViT defaults."""
-    from vitjax.training import data
+    from vitjax.training import transforms
 
     input_size = (model.cfg.in_chans, *to_2tuple(model.cfg.img_size))
     if pretrained_cfg:
-        return data.data_config_from_pretrained_cfg(pretrained_cfg, input_size=input_size)
+        return transforms.data_config_from_pretrained_cfg(pretrained_cfg, input_size=input_size)
     if cfg.data is None:  # 8x8 digits: upscale the whole image, no crop
-        return data.DataConfig(
+        return transforms.DataConfig(
             input_size=input_size,
             interpolation="bilinear",
             mean=DIGITS_MEAN,
             std=DIGITS_STD,
             crop_pct=1.0,
         )
-    return data.DataConfig(input_size=input_size)
+    return transforms.DataConfig(input_size=input_size)
 
 
 def make_loaders(cfg: RunConfig, train_ds: Any, val_ds: Any, data_config: Any):
     """Epoch -> batches functions for training (seeded augmentation) and validation."""
-    from vitjax.training import data
+    from vitjax.training import data, transforms
 
     if cfg.augment:
         hflip = cfg.hflip if cfg.hflip is not None else (0.5 if cfg.data else 0.0)
-        train_tf = data.TrainTransform(data_config, scale=tuple(cfg.crop_scale), hflip=hflip)
+        train_tf = transforms.TrainTransform(data_config, scale=tuple(cfg.crop_scale), hflip=hflip)
     else:
-        train_tf = data.EvalTransform(data_config)
-    eval_tf = data.EvalTransform(data_config)
+        train_tf = transforms.EvalTransform(data_config)
+    eval_tf = transforms.EvalTransform(data_config)
 
     def train_data(epoch: int) -> Any:
         return data.make_loader(
@@ -294,6 +321,13 @@ def make_tx(cfg: RunConfig, steps_per_epoch: int) -> tuple[optax.GradientTransfo
     return tx, schedule
 
 
+def describe_schedule(cfg: RunConfig) -> str:
+    """The lr schedule in words for the run's log, e.g. 'cosine (t_max=5, eta_min=0.0001)'."""
+    args = ", ".join(f"{k}={v}" for k, v in sorted(cfg.schedule_args.items()))
+    unit = "steps" if cfg.per_step_schedule else "epochs"
+    return f"{cfg.schedule} ({args or 'defaults'}; counted in {unit})"
+
+
 def get_config_for_run(cfg: RunConfig) -> ViTConfig:
     """The named model's config with the run's --model-args and --img-size (no --init file)."""
     from vitjax.registry import get_config
@@ -301,15 +335,20 @@ def get_config_for_run(cfg: RunConfig) -> ViTConfig:
     return get_config(cfg.model, **model_overrides(cfg))
 
 
-def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
-    """A whole run: data, model, fit with per-epoch checkpoints and metrics, final model in OUT."""
+def train_and_evaluate(cfg: RunConfig, given: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """A whole run: data, model, fit with per-epoch checkpoints and metrics, final model in OUT.
+
+    With cfg.resume, OUT's saved settings are kept except the resumable fields (epochs, workers,
+    progress, keep) the caller set: given names them (the CLI passes the flags typed); None means
+    those that differ from RunConfig's defaults.
+    """
     from vitjax.factory import count_params, param_shapes, save_pretrained
     from vitjax.training import checkpoints as ck
 
     maybe_initialize_distributed()
     mesh = make_mesh()
     check_batch_size(cfg.batch_size, mesh)
-    cfg = prepare_run_dir(cfg)
+    cfg = prepare_run_dir(cfg, given)
     out = Path(cfg.out)
     if cfg.epochs > (cfg.schedule_epochs or cfg.epochs):
         _log(
@@ -317,8 +356,15 @@ def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
             "epochs (set it with --t-max/--step-size when starting a run)",
             cfg,
         )
-    ckpt = ck.Checkpointer(out / ck.CHECKPOINT_DIR, cfg.keep)
-    start = (ckpt.latest_epoch() or 0) if cfg.resume else 0
+    start = 0
+    if cfg.resume:
+        ckpts = out / ck.CHECKPOINT_DIR
+        start = ck.Checkpointer(ckpts, cfg.keep).latest_epoch() if ckpts.is_dir() else None
+        if not start:
+            raise FileNotFoundError(
+                f"--resume: no checkpoint in {out / ck.CHECKPOINT_DIR} (the run stopped before "
+                "its first epoch ended, or the folder was removed); start it again with --overwrite"
+            )
     train_ds, val_ds, class_names = load_datasets(cfg)
     model, variables, pretrained_cfg = build_model(cfg, len(class_names), weights=not start)
     data_config = data_config_for(cfg, model, pretrained_cfg)
@@ -331,10 +377,14 @@ def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
         )
     else:
         state = create_train_state(model, variables, tx, cfg.label_smoothing)
+    ck.check_free_space(out, _checkpoint_bytes(state) * (cfg.keep + 2))
+    commit_run_dir(cfg)  # everything checked: only now is OUT written (and an old run cleared)
+    ckpt = ck.Checkpointer(out / ck.CHECKPOINT_DIR, cfg.keep)
     _log(
         f"{cfg.data or 'digits'}: {len(train_ds)} train / {len(val_ds)} val, "
         f"{len(class_names)} classes; model {count_params(variables):,} params; "
-        f"{mesh.devices.size} device(s) {jax.devices()[0].platform}",
+        f"{mesh.devices.size} device(s) {jax.devices()[0].platform}; "
+        f"{cfg.optimizer} lr {cfg.lr:g}, schedule {describe_schedule(cfg)}",
         cfg,
     )
     history = []
@@ -343,7 +393,6 @@ def train_and_evaluate(cfg: RunConfig) -> list[dict[str, Any]]:
         history = [r for r in ck.read_metrics(out / ck.METRICS_NAME) if r["epoch"] <= start]
         _log(f"resumed from {out / ck.CHECKPOINT_DIR} after epoch {start}", cfg)
 
-    ck.check_free_space(out, _checkpoint_bytes(state) * (cfg.keep + 2))
     stop = _StopRequest(cfg)
 
     def on_epoch_end(state: TrainState, record: dict[str, Any]) -> None:

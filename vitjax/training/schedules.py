@@ -200,13 +200,28 @@ def make_schedule(
     return per_step(schedule, steps_per_epoch) if per_epoch else schedule
 
 
-def notebook_schedules(base_lr: float = 1e-2) -> dict[str, Schedule]:
-    """Return the notebook's scheduler comparison (per-epoch schedules)."""
+def notebook_schedules(
+    base_lr: float = 1.0,
+    *,
+    t_max: int = 10,
+    eta_min: float = 0.0,
+    step_size: int = 30,
+    step_gamma: float = 0.2,
+    exp_gamma: float = 0.95,
+) -> dict[str, Schedule]:
+    """The notebook's scheduler comparison (per epoch): CosineAnnealingLR, StepLR, ExponentialLR.
+
+    Defaults are the notebook's: T_max=10, StepLR(step_size=30, gamma=0.2),
+    ExponentialLR(gamma=0.95), at lr 1.
+    """
     return {
-        "StepLR(step_size=10, gamma=0.5)": step_lr(base_lr, 10, 0.5),
-        "CosineAnnealingLR(T_max=10, eta_min=1e-4)": cosine_annealing_lr(base_lr, 10, 1e-4),
-        "CosineAnnealingLR(T_max=100, eta_min=1e-4)": cosine_annealing_lr(base_lr, 100, 1e-4),
-        "ExponentialLR(gamma=0.95)": exponential_lr(base_lr, 0.95),
+        f"CosineAnnealingLR(T_max={t_max}, eta_min={eta_min:g})": cosine_annealing_lr(
+            base_lr, t_max, eta_min
+        ),
+        f"StepLR(step_size={step_size}, gamma={step_gamma:g})": step_lr(
+            base_lr, step_size, step_gamma
+        ),
+        f"ExponentialLR(gamma={exp_gamma:g})": exponential_lr(base_lr, exp_gamma),
     }
 
 
