@@ -5,7 +5,7 @@
     python scripts/benchmark.py --data --out docs/benchmarks      # data-pipeline images/s
 
 Every mode runs in its own worker process; timed samples are interleaved round by round and
-reported as medians with [slowest-fastest]. See vitjax/bench.py for what is counted.
+reported as medians with [slowest-fastest]. See scripts/devtools/bench.py for what is counted.
 """
 
 from __future__ import annotations
@@ -35,15 +35,16 @@ def main(argv: list[str] | None = None) -> int:
         "--malloc",
         choices=("keep", "default"),
         default="keep",
-        help="every worker (all modes alike): keep: vitjax.runtime.keep_freed_memory() (faster, "
-        "but a worker can hold up to ~4x a step's activations); default: glibc's malloc settings",
+        help="every worker (all modes alike): keep: devtools.cpu_tuning.keep_freed_memory() "
+        "(faster, but a worker can hold up to ~4x a step's activations); default: glibc's "
+        "malloc settings, what the library leaves",
     )
     p.add_argument(
         "--cpu-devices",
         type=int,
         default=None,
         help="CPU devices vitjax splits the cores into (data parallel; 1: one device on all "
-        "cores); default: as vitjax's training chooses (vitjax.runtime.cpu_devices_for)",
+        "cores); default: the rule cpu_devices_for gives (devtools.cpu_tuning.cpu_devices_for)",
     )
     p.add_argument("--img-size", type=int, default=None, help="override the model's img_size")
     p.add_argument("--depth", type=int, default=None, help="override the model's depth")
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-bound",
         action="store_true",
-        help="skip timing the step's matmuls alone (the matmul-only bound, vitjax.matmul_bound)",
+        help="skip timing the step's matmuls alone (the matmul-only bound, devtools.matmul_bound)",
     )
     p.add_argument(
         "--data",

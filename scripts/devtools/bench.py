@@ -167,10 +167,10 @@ def _batch(cfg: ViTConfig, batch_size: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 def _jax_runner(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Compiled jax train step and inference as vitjax.train runs them; compile stats.
+    """Compiled jax train step and inference as vitjax.training runs them; compile stats.
 
-    The CPU is split into ``spec["cpu_devices"]`` devices first (vitjax.runtime), and the step
-    is vitjax.train's data-parallel one over them (state replicated and donated, batch sharded).
+    The CPU is split into ``spec["cpu_devices"]`` devices first (devtools.cpu_tuning), and the step
+    is vitjax.training's data-parallel one over them (state replicated and donated, batch sharded).
     """
     from devtools import cpu_tuning as runtime
 
@@ -388,11 +388,13 @@ def run_benchmark(
     ``peak`` (from ``matmul_peak``) is measured here when not given. ``threads`` (default: the
     core count) is torch's intra-op thread count; XLA's CPU runtime uses every core by default.
     ``keep_freed_memory``: every worker, of every mode alike, starts with
-    ``vitjax.runtime.keep_freed_memory()`` (as vitjax's training does for big steps); False:
-    glibc's defaults. ``cpu_devices``: the CPU devices vitjax's worker splits the cores into
-    (``vitjax.runtime.split_cpu_into_devices``; default: ``cpu_devices_for``, as vitjax's
-    training does). ``bound``: also time every matmul of the step in isolation
-    (``vitjax.matmul_bound``) and report the matmul-only images/s and each mode's share of it.
+    ``devtools.cpu_tuning.keep_freed_memory()`` (for training the opt-in
+    ``scripts/train.py --keep-freed-memory``); False: glibc's defaults.
+    ``cpu_devices``: the CPU devices vitjax's worker splits the cores into
+    (``devtools.cpu_tuning.split_cpu_into_devices``; default: the rule ``cpu_devices_for``;
+    ``vitjax-train --cpu-devices N`` is the training opt-in). ``bound``: also time every matmul
+    of the step in isolation
+    (``devtools.matmul_bound``) and report the matmul-only images/s and each mode's share of it.
     """
     bad = [m for m in modes if m not in MODES] + [t for t in tasks if t not in TASKS]
     if bad:
@@ -498,10 +500,12 @@ def run_benchmark(
         "warmup": warmup,
         "steps_per_sample": steps,
         "threads": threads,
-        "malloc": "keep freed memory (vitjax.runtime)" if keep_freed_memory else "glibc default",
+        "malloc": "keep freed memory (devtools.cpu_tuning)"
+        if keep_freed_memory
+        else "glibc default",
         "jax_cpu_devices": compile_stats.get("jax", {}).get("devices"),
         "flops_per_image": flops,
-        "flops_method": "analytic matmul count from the config (vitjax.bench.forward_flops)",
+        "flops_method": "analytic matmul count from the config (devtools.bench.forward_flops)",
         "matmul_peak_gflops": peak,
         "matmul_bound": mm_bound,
         "machine": info,
@@ -569,7 +573,7 @@ def _devices_line(n: int) -> str:
         return "vitjax: one CPU device (XLA's intra-op threads on every core)."
     return (
         f"vitjax: {n} CPU devices, data parallel over the cores "
-        "(vitjax.runtime.split_cpu_into_devices)."
+        "(devtools.cpu_tuning.split_cpu_into_devices)."
     )
 
 
@@ -584,7 +588,7 @@ def _bound_lines(res: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "Matmul-only bound: every matmul of the step timed alone at its own shapes and operand "
-        "layouts (`vitjax.matmul_bound`), all other work taken as free; images/s (x PyTorch "
+        "layouts (`devtools.matmul_bound`), all other work taken as free; images/s (x PyTorch "
         "eager's measured images/s), and the share of the bound each mode reaches.",
         "",
         "| task | at the best rates | "
@@ -614,7 +618,7 @@ def _bound_lines(res: dict[str, Any]) -> list[str]:
     task = "train" if "train" in bound else next(iter(bound))
     lines += [
         "",
-        f"GFLOP/s of each matmul alone ({task}; forms as in `vitjax.matmul_bound.Matmul`):",
+        f"GFLOP/s of each matmul alone ({task}; forms as in `devtools.matmul_bound.Matmul`):",
         "",
         "| matmul | form | GFLOP per step | " + " | ".join(fws) + " |",
         "|---|---|---|" + "---|" * len(fws),
@@ -676,7 +680,7 @@ def bench_data(
     num_threads: int = 2,
     epochs: int = 2,
 ) -> dict[str, Any]:
-    """Images/s that vitjax.data decodes and transforms from an image folder into batches."""
+    """Images/s that vitjax.training.data decodes and transforms from an image folder."""
     from vitjax.training import data, transforms
 
     ds = data.ImageDataset.from_folder(root)

@@ -1,4 +1,4 @@
-"""Process settings that make XLA:CPU faster; vitjax applies them where they pay, users opt in.
+"""Process settings that make XLA:CPU faster for big models: opt-in, never applied by the library.
 
 ``keep_freed_memory()``: XLA:CPU mallocs each call's temporaries in one block (4.1 GB for a
 vit_small_patch16_224 training step at batch 32, 0.72 GB for the tutorial model) and frees it
@@ -14,14 +14,15 @@ on the 2-core machine: vit_small training at batch 32 kept 13.0 GB (3.7x ``step_
 with both cores also busy, 5.6-10.1 GB on a quiet machine, against 5.7 GB with glibc's defaults.
 
 The other cost: with one arena every thread takes the same malloc lock. A tiny model with a busy
-data loader spends more on that contention than it saves (``make demo``: 28 s -> 40 s), so
-``vitjax.train.train_and_evaluate`` (the train CLI) applies it only when a step's activations
-(``step_activation_bytes``) exceed ``LARGE_BLOCK``, the largest block glibc can serve from a
-thread's own heap (bigger blocks are mapped and faulted in on every call), and fit
-``KEPT_HEAP_FACTOR`` times over in the available memory: ``keep_freed_memory_for``.
+data loader spends more on that contention than it saves (``make demo``: 28 s -> 40 s), so it
+pays only when a step's activations (``step_activation_bytes``) exceed ``LARGE_BLOCK``, the
+largest block glibc can serve from a thread's own heap (bigger blocks are mapped and faulted in on
+every call), and fit ``KEPT_HEAP_FACTOR`` times over in the available memory
+(``keep_freed_memory_for``). ``scripts/train.py --keep-freed-memory`` and the benchmark's
+``--malloc keep`` apply it.
 
 It must run before JAX starts its CPU backend (XLA's threads keep the malloc arena they first
-used), so call it first thing: ``import vitjax.runtime; vitjax.runtime.keep_freed_memory()``.
+used), so call it first thing: ``from devtools import cpu_tuning; cpu_tuning.keep_freed_memory()``.
 ``VITJAX_KEEP_FREED_MEMORY=0`` in the environment turns it off everywhere.
 
 ``split_cpu_into_devices(n)``: XLA:CPU shows the whole CPU as one device and splits each op over
@@ -31,8 +32,9 @@ of the batch through whole ops, without a thread barrier inside every small matm
 LayerNorm. Measured on the 2-core benchmark machine at batch 32 (docs/benchmarks/README.md):
 vit_small_patch16_224 training +5%, inference +6-10%; the tutorial model (65 tokens) training
 +1-2%. For small steps it is slower (``make demo``: 27 s -> 37 s; the tutorial model at batch 4:
--13%), so ``cpu_devices_for`` splits only when every device gets at least
-``MIN_ROWS_PER_DEVICE`` token rows per matmul. Also before JAX starts its backend;
+-13%), so ``cpu_devices_for`` (the benchmark's default) splits only when every device gets at
+least ``MIN_ROWS_PER_DEVICE`` token rows per matmul; ``vitjax-train --cpu-devices N`` is the
+training CLI's opt-in. Also before JAX starts its backend;
 ``VITJAX_CPU_DEVICES=N`` in the environment fixes the count (1: never split), and so does
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` or ``JAX_NUM_CPU_DEVICES``.
 """

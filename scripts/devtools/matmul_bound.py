@@ -5,7 +5,7 @@ form the backward pass uses (``x@W``, ``g@W.T``, ``x.T@g``, and the batched atte
 Each distinct matmul is timed in isolation, in jax and in torch, and given the best rate either
 reaches on this machine; the bound is the sum of FLOPs / rate. No implementation whose matmuls
 run at those rates can beat it: it tells how much of a speed target is within reach at all.
-The FLOPs add up to ``vitjax.bench.forward_flops`` / ``train_flops`` (tested).
+The FLOPs add up to ``devtools.bench.forward_flops`` / ``train_flops`` (tested).
 
 Imports neither jax nor torch at import time.
 """
