@@ -29,6 +29,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from vitjax import factory as models
+from vitjax.models.vit import VisionTransformer
+from vitjax.registry import get_config
 from vitjax.weights import files as io
 from vitjax.weights import validate
 from vitjax.weights.errors import CheckpointError
@@ -38,15 +40,20 @@ ROOT = Path(__file__).resolve().parents[1]
 NAME = "vit_tutorial_patch16_32"
 TINY = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 16}
 CLI_MODEL = "test_vit"  # timm's smallest registered ViT: the CLI takes no size overrides
-CLI_MEMORY = 2 << 30  # RLIMIT_AS of every CLI subprocess (a conversion of test_vit needs ~1.3 GiB)
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+CLI_MEMORY = 6 << 30  # RLIMIT_AS of a CLI subprocess: importing torch maps ~3.9 GiB
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore:os.fork"),  # preexec_fn only calls setrlimit
+]
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, timeout: float = 60, memory: int = CLI_MEMORY
+) -> subprocess.CompletedProcess:
     """`python -m vitjax.cli.convert ARGS` with bounded time and address space."""
 
     def limit_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (CLI_MEMORY, CLI_MEMORY))
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
@@ -69,10 +76,20 @@ def leaf_dtypes(variables) -> set[str]:
     return {str(x.dtype) for x in jax.tree_util.tree_leaves(variables)}
 
 
+def random_model(name: str, **overrides):
+    """(model, variables) with random weights, without compiling an init (faster)."""
+    model = VisionTransformer(get_config(name, **overrides))
+    rng = np.random.default_rng(0)
+    shapes = models.variable_shapes(model)
+    return model, jax.tree_util.tree_map(
+        lambda s: rng.normal(0, 0.02, s.shape).astype(s.dtype), shapes
+    )
+
+
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny():
     """(model, variables, timm state_dict) of a tiny 3-class tutorial ViT."""
-    model, variables = models.create_model(NAME, num_classes=3, **TINY)
+    model, variables = random_model(NAME, num_classes=3, **TINY)
     return model, variables, models.to_timm_state_dict(model, variables)
 
 
@@ -80,7 +97,7 @@ def tiny(tmp_path_factory):
 def cli_files(tmp_path_factory):
     """A timm-key src.safetensors of test_vit and a vitjax directory of it."""
     d = tmp_path_factory.mktemp("cli")
-    model, variables = models.create_model(CLI_MODEL)
+    model, variables = random_model(CLI_MODEL)
     save_file(models.to_timm_state_dict(model, variables), str(d / "src.safetensors"))
     models.save_pretrained(d / "vitjax", model, variables)
     return d
@@ -119,6 +136,27 @@ def test_save_pretrained_refuses_files_vitjax_did_not_write(tiny, tmp_path):
     models.save_pretrained(d, model, variables, overwrite=True)
     assert (d / "notes.txt").read_text() == "mine"
     assert "model_config" in json.loads((d / io.CONFIG_NAME).read_text())
+
+
+def test_failed_write_into_a_folder_leaves_it_as_it_was(tiny, tmp_path, monkeypatch):
+    """A disk that fills halfway through model.safetensors: old files and others as they were."""
+    from safetensors import numpy as stnp
+
+    model, variables, _ = tiny
+    d = tmp_path / "out"
+    d.mkdir()
+    (d / "notes.txt").write_text("mine")
+    models.save_pretrained(d, model, variables)
+    before = snapshot(d)
+
+    def disk_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(stnp, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        models.save_pretrained(d, model, variables)
+    assert snapshot(d) == before  # no temporary left behind either
 
 
 def test_convert_cli_into_the_source_folder_keeps_the_source(cli_files, tmp_path):
@@ -228,13 +266,13 @@ def write_zip(path: Path, members: list[tuple[str, bytes, int, int]]) -> Path:
     with open(path, "wb") as f:
         for name, data, crc, size in members:
             offset, n = f.tell(), name.encode()
-            f.write(struct.pack("<4s5H3L2H", b"PK\3\4", 20, 0, 8, 0, 0x21, crc, len(data), size,
-                                len(n), 0) + n + data)  # fmt: skip
-            central.append(struct.pack("<4s6H3L5H2L", b"PK\1\2", 20, 20, 0, 8, 0, 0x21, crc,
-                                       len(data), size, len(n), 0, 0, 0, 0, 0, offset) + n)  # fmt: skip
+            common = (8, 0, 0x21, crc, len(data), size, len(n), 0)  # deflate, time, date, ...
+            f.write(struct.pack("<4s5H3L2H", b"PK\3\4", 20, 0, *common) + n + data)
+            entry = struct.pack("<4s6H3L5H2L", b"PK\1\2", 20, 20, 0, *common, 0, 0, 0, 0, offset)
+            central.append(entry + n)
         start, blob = f.tell(), b"".join(central)
-        f.write(blob + struct.pack("<4s4H2LH", b"PK\5\6", 0, 0, len(members), len(members),
-                                   len(blob), start, 0))  # fmt: skip
+        count = len(members)
+        f.write(blob + struct.pack("<4s4H2LH", b"PK\5\6", 0, 0, count, count, len(blob), start, 0))
     return path
 
 
@@ -259,7 +297,9 @@ def test_npz_zip_bomb_is_refused_before_reading_cli(tmp_path):
     """A 3 MB .npz declaring 3 GiB: one line, exit 2, under a 2 GiB address-space limit."""
     bomb = write_zip(tmp_path / "bomb.npz", [zeros_npy_member("embedding/kernel", 3 << 30)])
     assert bomb.stat().st_size < 8 << 20
-    out = run_cli(CLI_MODEL, "--checkpoint", str(bomb), "--out", str(tmp_path / "o"))
+    # 2 GiB: the refusal comes before torch is imported; reading the entry would not fit
+    args = (CLI_MODEL, "--checkpoint", str(bomb), "--out", str(tmp_path / "o"))
+    out = run_cli(*args, memory=2 << 30)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "zip bomb" in out.stderr and "embedding/kernel" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "o").exists()
@@ -290,17 +330,19 @@ def _pretrained_dir(cli_files: Path, tmp_path: Path) -> Path:
     return d
 
 
-def test_config_json_fifo_or_device_does_not_hang_cli(cli_files, tmp_path):
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_config_json_fifo_or_device_does_not_hang_cli(cli_files, tmp_path, kind):
+    """A FIFO (open waits for a writer) or /dev/zero (endless) as config.json: refused at once."""
     d = _pretrained_dir(cli_files, tmp_path)
-    os.mkfifo(d / io.CONFIG_NAME)  # opening it for reading would wait for a writer forever
-    out = run_cli(CLI_MODEL, "--checkpoint", str(d), "--out", str(tmp_path / "o"), "--to-timm",
-                  timeout=30)  # fmt: skip
-    assert out.returncode == 2 and "FIFO" in out.stderr and "Traceback" not in out.stderr
-    (d / io.CONFIG_NAME).unlink()
-    (d / io.CONFIG_NAME).symlink_to("/dev/zero")  # endless: json.load would fill memory
-    out = run_cli(CLI_MODEL, "--checkpoint", str(d), "--out", str(tmp_path / "o"), "--to-timm",
-                  timeout=30)  # fmt: skip
-    assert out.returncode == 2 and "character device" in out.stderr, out.stderr[-2000:]
+    if kind == "fifo":
+        os.mkfifo(d / io.CONFIG_NAME)
+    else:
+        (d / io.CONFIG_NAME).symlink_to("/dev/zero")
+    args = (CLI_MODEL, "--checkpoint", str(d), "--out", str(tmp_path / "o"), "--to-timm")
+    out = run_cli(*args, timeout=30, memory=2 << 30)  # refused before torch is imported
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert {"fifo": "FIFO", "device": "character device"}[kind] in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(
@@ -319,10 +361,20 @@ def test_config_json_is_checked_before_building(cli_files, tmp_path, change, mes
     config = json.loads((cli_files / "vitjax" / io.CONFIG_NAME).read_text())
     config["model_config"].update(change)
     (d / io.CONFIG_NAME).write_text(json.dumps(config))
-    for load in (models.load_pretrained, io.read_config):  # read_config: train.py --init
+    for load in (io.read_config, models.load_pretrained):  # read_config: train.py --init
         with pytest.raises(CheckpointError, match=message) as info:
             load(d)
         assert str(d / io.CONFIG_NAME) in str(info.value)
+
+
+def test_every_registered_config_passes_the_checks():
+    """No false refusals: every variant of every family, as save_pretrained writes it."""
+    from vitjax import registry
+
+    for family in registry.FAMILIES:
+        mod = registry.config_module(family)
+        for name, kwargs in mod.VARIANTS.items():
+            validate.model_config(family, mod.CONFIG(**kwargs).to_dict(), name)
 
 
 def test_config_size_is_estimated_against_available_memory(cli_files, tmp_path, monkeypatch):

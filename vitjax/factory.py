@@ -57,10 +57,23 @@ def variables_from_state_dict(
     return jax.tree_util.tree_map(jnp.asarray, variables)
 
 
-def to_timm_state_dict(model: Model, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """timm-key state_dict (numpy) that loads into timm.create_model(name) with strict=True."""
+def to_timm_state_dict(
+    model: Model, variables: Mapping[str, Any], framework: str = "np"
+) -> dict[str, Any]:
+    """timm-key state_dict that loads into timm.create_model(name) with strict=True.
+
+    framework="np": numpy arrays (safetensors.numpy.save_file takes them); "pt": writable torch
+    tensors, for ``timm_model.load_state_dict(sd)`` (torch imported only then).
+    """
     registry.family_of_model(model)  # a vitjax model; its tree alone determines the keys
-    return convert.flax_to_torch_variables(jax.device_get(dict(variables)))
+    sd = convert.flax_to_torch_variables(jax.device_get(dict(variables)))
+    if framework == "np":
+        return sd
+    if framework != "pt":
+        raise ValueError(f"framework={framework!r}: expected 'np' or 'pt'")
+    import torch
+
+    return {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}  # np.array: an owned copy
 
 
 def _adapt_head(
@@ -189,6 +202,10 @@ def create_model(
 ) -> tuple[Model, Variables]:
     """Model by timm name ('arch[.tag]'): random init, checkpoint_path, or pretrained (HF cache)."""
     # An img_size override (or pretrained=True) resamples the checkpoint's pos_embed like timm.
+    if name.startswith("local-dir:"):  # a save_pretrained folder, or one in timm's hub layout
+        if overrides or checkpoint_path is not None:
+            raise ValueError(f"{name}: a local-dir: model takes no overrides or checkpoint_path")
+        return load_pretrained(name, dtype=dtype, allow_nonfinite=allow_nonfinite)
     family, arch, tag = registry.resolve(name)
     defaults = _pretrained_defaults(name) if pretrained or tag else {}
     if pretrained and checkpoint_path is None:
@@ -228,42 +245,100 @@ def from_timm(module: Any, dtype: Any = jnp.float32) -> tuple[Model, Variables]:
     return model, variables_from_state_dict(model, sd, what=type(module).__name__)
 
 
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def timm_fields(model: Model, architecture: str | None = None) -> dict[str, Any]:
+    """config.json entries of timm's hub layout (architecture, num_classes, model_args, ...).
+
+    The architecture is the given timm name when the model is that name plus timm keyword
+    arguments, else the family's name needing the fewest; {} when timm cannot express the config
+    (e.g. the tutorial models' LayerNorm eps 1e-5, or a family without timm_model_args).
+    """
+    family = registry.family_of_model(model)
+    args_of = getattr(registry.model_module(family), "timm_model_args", None)
+    if args_of is None:
+        return {}
+    names = [registry.split_tag(architecture)[0]] if architecture else []
+    names += [
+        n for n in registry.config_module(family).VARIANTS if not n.startswith("vit_tutorial")
+    ]
+    best: tuple[str, dict[str, Any]] | None = None
+    for name in names:
+        if name not in registry.config_module(family).VARIANTS or name.startswith("vit_tutorial"):
+            continue
+        try:
+            args = args_of(name, model.cfg)
+        except (ValueError, KeyError):
+            continue
+        if best is None or len(args) < len(best[1]):
+            best = (name, args)
+        if name == names[0] and architecture:
+            break  # the caller's name, when timm can express the model with it
+    if best is None:
+        return {}
+    name, args = best
+    cfg = model.cfg
+    return {
+        "architecture": name,
+        "num_classes": cfg.num_classes,
+        "num_features": getattr(cfg, "embed_dim", None),
+        "global_pool": getattr(cfg, "global_pool", None),
+        "model_args": {k: _jsonable(v) for k, v in {**args, "img_size": cfg.img_size}.items()},
+    }
+
+
 def save_pretrained(
     directory: str | os.PathLike,
     model: Model,
     variables: Mapping[str, Any],
     pretrained_cfg: Mapping[str, Any] | str | None = None,
     overwrite: bool = False,
+    architecture: str | None = None,
 ) -> os.PathLike:
-    """Write config.json + model.safetensors (timm keys, so timm and vittorch load it too)."""
-    # pretrained_cfg: timm's (mean, std, crop_pct, input_size, labels...) or a name to look up.
-    # Other files in directory are kept; a config.json / model.safetensors vitjax did not write
-    # is refused unless overwrite=True.
+    """Write config.json + model.safetensors in timm's hub layout (and vitjax's exact config).
+
+    ``timm.create_model("local-dir:DIR", pretrained=True)`` loads the folder wherever timm can
+    express the model (see ``timm_fields``; architecture: the timm name to prefer), and
+    ``vitjax.load_pretrained(DIR)`` / ``create_model("local-dir:DIR")`` always.
+    pretrained_cfg: timm's (mean, std, crop_pct, input_size, labels...) or a name to look up.
+    Other files in directory are kept; a config.json / model.safetensors vitjax did not write is
+    refused unless overwrite=True.
+    """
     if pretrained_cfg:
         if isinstance(pretrained_cfg, str):
             pretrained_cfg = hub.export_pretrained_cfg(pretrained_cfg)
         pretrained_cfg = hub.fit_pretrained_cfg(dict(pretrained_cfg), model.cfg)
+    family = registry.family_of_model(model)
+    timm = timm_fields(model, architecture)
+    pretrained = dict(pretrained_cfg or {})
+    pretrained.pop("hf_hub_id", None)
+    if timm:
+        pretrained = hub.fit_pretrained_cfg(pretrained, model.cfg)
+        pretrained["architecture"] = timm["architecture"]
     config = {
-        "architecture": registry.family_of_model(model),
+        "architecture": family,  # replaced by the timm name below where timm can build it
+        **timm,
+        "family": family,
         "model_config": model.cfg.to_dict(),
-        "pretrained_cfg": dict(pretrained_cfg or {}),
+        "pretrained_cfg": pretrained,
     }
     sd = to_timm_state_dict(model, variables)
     return io.write_pretrained_dir(directory, config, sd, overwrite=overwrite)
 
 
 def _config_from_dir(directory: str | os.PathLike) -> Any:
-    """The model config a save_pretrained directory's config.json holds (types, ranges, size)."""
-    config = io.read_config(directory)
-    where = f"{directory}/{io.CONFIG_NAME}"
-    return validate.model_config(config.get("architecture", "vit"), config["model_config"], where)
+    """The model config a save_pretrained (or timm hub-layout) directory's config.json holds."""
+    config = io.read_config(directory)  # checks types, ranges and size
+    return registry.config_module(config["family"]).CONFIG.from_dict(config["model_config"])
 
 
 def load_pretrained(
     directory: str | os.PathLike, dtype: Any = jnp.float32, allow_nonfinite: bool = False
 ) -> tuple[Model, Variables]:
-    """Model and variables from a save_pretrained directory."""
-    cfg = _config_from_dir(directory)
-    family = io.read_config(directory).get("architecture", "vit")
-    model = _build(family, cfg, dtype)
+    """Model and variables from a save_pretrained directory (or one in timm's hub layout)."""
+    directory = str(directory).removeprefix("local-dir:")
+    family = io.read_config(directory)["family"]
+    model = _build(family, _config_from_dir(directory), dtype)
     return model, load_checkpoint(model, directory, allow_nonfinite=allow_nonfinite)

@@ -58,6 +58,9 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def load_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A .pth/.bin checkpoint through torch.load(weights_only=True), containers unwrapped."""
+    what = validate.describe_torch_file(path)
+    if what is not None:  # only zips holding data.pkl and pickle streams reach torch.load
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: it is {what}")
     try:
         import torch
     except ImportError as e:
@@ -65,9 +68,6 @@ def load_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
             f"{path}: reading .pth/.bin needs PyTorch (pip install 'vitjax[torch]'), "
             "or convert the file to .safetensors"
         ) from e
-    what = validate.describe_torch_file(path)
-    if what is not None:  # only zips holding data.pkl and pickle streams reach torch.load
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: it is {what}")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
@@ -166,8 +166,26 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     )
 
 
+def config_family(cfg: Mapping[str, Any]) -> str:
+    """The vitjax family of a config.json: its "family" entry, else (older folders) its
+    "architecture" when that is a family name, else the family of the timm architecture."""
+    from vitjax import registry
+
+    if "family" in cfg:
+        return str(cfg["family"])
+    arch = str(cfg.get("architecture", "vit"))
+    if arch in registry.FAMILIES:
+        return arch
+    return registry.resolve(arch)[0]
+
+
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """config.json of a save_pretrained dir, its model_config checked (types, ranges, size)."""
+    """config.json of a save_pretrained (or timm hub-layout) dir, its model config checked.
+
+    vitjax's folders hold the exact ``model_config``; a folder in timm's hub layout only
+    (``architecture`` + ``model_args``, as timm's ``push_to_hf_hub`` writes) gets one made from
+    the architecture's registry entry. Types, ranges and size are checked either way.
+    """
     path = Path(directory) / CONFIG_NAME
     try:
         cfg = json.loads(validate.read_regular_file(path))
@@ -177,10 +195,32 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e})") from e
-    if not isinstance(cfg, dict) or "model_config" not in cfg:
-        raise CheckpointError(f"{path}: has no 'model_config' entry")
-    validate.model_config(cfg.get("architecture", "vit"), cfg["model_config"], str(path))
+    if not isinstance(cfg, dict) or not ("model_config" in cfg or "architecture" in cfg):
+        raise CheckpointError(f"{path}: has neither 'model_config' nor 'architecture'")
+    try:
+        family = config_family(cfg)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    if "model_config" not in cfg:
+        cfg = {**cfg, "model_config": _timm_model_config(family, cfg, path)}
+    cfg["family"] = family
+    validate.model_config(family, cfg["model_config"], str(path))
     return cfg
+
+
+def _timm_model_config(family: str, cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """Config fields for a timm hub-layout config.json: the architecture's, then model_args."""
+    from vitjax import registry
+
+    args = cfg.get("model_args") or {}
+    if not isinstance(args, Mapping):
+        raise CheckpointError(f"{path}: model_args is {type(args).__name__}, not an object")
+    arch = registry.resolve(str(cfg["architecture"]))[1]
+    fields = dict(registry.config_module(family).VARIANTS[arch])
+    fields.update(args)
+    if isinstance(cfg.get("num_classes"), int):
+        fields["num_classes"] = cfg["num_classes"]
+    return fields
 
 
 def _written_by_vitjax(directory: Path) -> bool:
@@ -239,19 +279,17 @@ def _fsync(path: Path) -> None:
 
 
 def _write_files(
-    directory: Path, config: dict[str, Any], state_dict: Mapping[str, np.ndarray], final: bool
-) -> dict[str, Path]:
-    """Write model.safetensors and config.json into directory (temporary names unless final)."""
+    paths: Mapping[str, Path], config: dict[str, Any], state_dict: Mapping[str, np.ndarray]
+) -> None:
+    """Write model.safetensors and config.json to paths ({name: path}), synced to disk."""
     from safetensors.numpy import save_file
 
-    paths = {n: directory / n if final else _temp_path(directory, n) for n in _OUTPUTS}
     tensors = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
     save_file(tensors, str(paths[WEIGHTS_NAME]), metadata=_METADATA)
     with open(paths[CONFIG_NAME], "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
     for p in paths.values():
         _fsync(p)
-    return paths
 
 
 def install_files(
@@ -284,12 +322,12 @@ def write_pretrained_dir(
         foreign = [] if overwrite else foreign_files(directory)
         if foreign:  # checked before the (long) write, and again just before replacing
             _refuse_foreign(directory, foreign)
-        staged: dict[str, Path] = {}
+        staged = {n: _temp_path(directory, n) for n in _OUTPUTS}
         try:
-            staged = _write_files(directory, config, state_dict, final=False)
+            _write_files(staged, config, state_dict)
             return install_files(staged, directory, overwrite)
         finally:
-            for p in staged.values():
+            for p in staged.values():  # only our temporaries (moved away when installed)
                 p.unlink(missing_ok=True)
     if os.path.lexists(directory):
         raise CheckpointError(f"{directory}: exists and is not a directory")
@@ -297,7 +335,7 @@ def write_pretrained_dir(
     tmp = _temp_path(directory.parent, directory.name)
     tmp.mkdir()
     try:
-        _write_files(tmp, config, state_dict, final=True)
+        _write_files({n: tmp / n for n in _OUTPUTS}, config, state_dict)
         os.replace(tmp, directory)  # fails if another writer created a non-empty directory
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # only the temporary directory made above

@@ -350,8 +350,9 @@ def check_config_fields(cls: type, fields: Mapping[str, Any], where: str) -> Non
         if name not in names:
             continue  # from_dict names unknown fields
         if not _matches(value, hints.get(name, Any)):
+            want = getattr(hints[name], "__name__", None) or str(hints[name])
             raise CheckpointError(
-                f"{where}: field {name}={value!r} ({type(value).__name__}) is not {hints[name]}"
+                f"{where}: field {name}={value!r} ({type(value).__name__}) is not {want}"
             )
         why = _range_error(name, value)
         if why:
