@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from parity_tests.test_train_cli import TINY_FLAGS, TINY_RUN, script
-from vitjax.training import run as vtrain
 from vitjax.training import checkpoints as ck
+from vitjax.training import run as vtrain
 from vitjax.training.run import RunConfig, train_and_evaluate
 from vitjax.weights.files import load_state_dict
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 from devtools.timm_verify import flax_forward, randomize_, timm_forward
-from timm.layers import AttentionPoolLatent, SwiGLUPacked
+from timm.layers import AttentionPoolLatent
 from timm.models.deit import VisionTransformerDistilled
-from timm.models.vision_transformer import ResPostBlock, VisionTransformer
+from timm.models.vision_transformer import VisionTransformer
 
 import vitjax
 import vittorch
@@ -128,8 +128,6 @@ REFUSALS = {
     "prr": (dict(global_pool="prr"), None),
     "scale_attn_norm": (dict(scale_attn_norm=True), None),
     "scale_mlp_norm": (dict(scale_mlp_norm=True), None),
-    "GluMlp": (dict(mlp_layer=SwiGLUPacked, act_layer="silu"), None),
-    "ResPostBlock": (dict(block_fn=ResPostBlock), None),
     "norm with another norm kind or eps": ({}, _swap_norm),
     "latent_len": (dict(global_pool="map"), _latent_pool),
     "pos_embed of shape": (dict(no_embed_class=True), VisionTransformerDistilled),

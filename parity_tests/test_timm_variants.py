@@ -1,4 +1,9 @@
-"""VARIANTS equal timm: each row is config_from_timm(timm.create_model(name)); refusals by name."""
+"""VARIANTS equal timm: each row is config_from_timm(timm.create_model(name)); refusals by name.
+
+The names built on timm's other blocks, attention and MLPs (ResPostBlock, ParallelThingsBlock,
+ParallelScalingBlock, DiffAttention, DiffParallelScalingBlock, SwiGLUPacked) convert: config
+equality at depth 1 and full depth, and logits through vitjax.from_timm at depth 1.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ import warnings
 import pytest
 import timm
 import torch
+from devtools.timm_verify import flax_forward, images, make_timm, max_diff, timm_forward
 
 import vitjax
+from parity_tests.parity import assert_close
 from vitjax.models.vit_config import VARIANTS
 from vitjax.models.vit_timm import UnsupportedModelError, config_from_timm
 from vitjax.registry import get_config, list_models
@@ -25,19 +32,26 @@ FULL_DEPTH = [
     "vit_so150m_patch16_reg4_gap_256", "vit_large_patch16_224", "vit_so400m_patch14_siglip_224",
     "vit_huge_patch14_224", "vit_giant_patch14_224", "vit_giantopt_patch16_siglip_256",
     "vit_gigantic_patch14_224", "vit_giant_patch16_radio_v3", "test_vit", "test_vit2",
-    "test_vit3", "test_vit4",
+    "test_vit3", "test_vit4", "vit_small_patch16_18x2_224", "vit_base_patch16_18x2_224",
+    "vit_base_patch16_rpn_224", "vit_base_patch16_xp_224", "vit_dwee_patch16_reg1_gap_256",
+    "vit_pwee_patch16_reg1_gap_256", "vit_dpwee_patch16_reg1_gap_256",
+    "vit_giant_patch14_dinov2",
+]  # fmt: skip
+
+# The VisionTransformer names whose blocks, attention or MLP are not timm's plain Block.
+ALT_BLOCK_NAMES = [
+    "vit_base_patch16_rpn_224", "vit_small_patch16_18x2_224", "vit_base_patch16_18x2_224",
+    "vit_base_patch16_xp_224", "vit_large_patch14_xp_224", "vit_huge_patch14_xp_224",
+    "vit_dwee_patch16_reg1_gap_256", "vit_dlittle_patch16_reg1_gap_256",
+    "vit_pwee_patch16_reg1_gap_256", "vit_dpwee_patch16_reg1_gap_256",
+    "vit_giant_patch14_dinov2", "vit_giant_patch14_reg4_dinov2", "vit_giant_patch14_reg1_tipsv2",
 ]  # fmt: skip
 
 # timm names built on classes or parts vitjax does not mirror, and the part the refusal names.
 REFUSED = {
     "vit_base_r50_s16_224": "HybridEmbed",
     "vit_base_mci_224": "HybridEmbed",
-    "vit_small_patch16_18x2_224": "ParallelThingsBlock",
-    "vit_base_patch16_rpn_224": "ResPostBlock",
-    "vit_base_patch16_xp_224": "ParallelScalingBlock",
-    "vit_dwee_patch16_reg1_gap_256": "DiffAttention",
-    "vit_dpwee_patch16_reg1_gap_256": "DiffParallelScalingBlock",
-    "vit_giant_patch14_dinov2": "SwiGLU",
+    "beit3_base_patch16_224": "scale_attn_norm",
     "vit_relpos_base_patch16_224": "VisionTransformerRelPos",
     "vit_base_patch16_rope_224": "Eva",
     "vit_small_patch16_dinov3": "Eva",
@@ -72,6 +86,20 @@ def test_variants_match_timm_at_depth_1():
 @pytest.mark.parametrize("name", FULL_DEPTH)
 def test_variants_match_timm_at_full_depth(name):
     assert get_config(name) == config_from_timm(_meta_timm(name))
+
+
+@pytest.mark.parametrize("name", ALT_BLOCK_NAMES)
+def test_alt_block_model_matches_torch(name):
+    """config equality and logits at depth 1 (img_size 112 for the 518 / 448 px giants)."""
+    kwargs = dict(depth=1, img_size=112) if "giant" in name else dict(depth=1)
+    module = make_timm(name, **kwargs)
+    model, variables = vitjax.from_timm(module)
+    assert model.cfg == get_config(name, **kwargs)
+    assert not model.cfg.is_plain
+    x = images(module, batch=1)
+    got, want = flax_forward(model, variables, x)[0], timm_forward(module, x)[0]
+    assert_close(got, want, f"{name} logits (depth 1)")
+    assert max_diff(got, want)["rel"] <= 1e-5, f"{name}: {max_diff(got, want)}"
 
 
 @pytest.mark.parametrize("name,part", sorted(REFUSED.items()))

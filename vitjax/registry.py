@@ -26,6 +26,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "vit": ("vitjax.models.vit_config", "vitjax.models.vit"),
     "relpos": ("vitjax.models.relpos", "vitjax.models.relpos"),
     "eva": ("vitjax.models.eva", "vitjax.models.eva"),
+    "naflex": ("vitjax.models.naflex", "vitjax.models.naflex"),
 }
 
 

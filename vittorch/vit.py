@@ -230,6 +230,7 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
+        cfg.require_plain("vittorch")  # the reference covers the plain ViT only
         self.cfg = cfg
         dim = cfg.embed_dim
         self.num_prefix_tokens = cfg.num_prefix_tokens

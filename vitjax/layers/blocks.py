@@ -152,19 +152,26 @@ def create_attn(
     dtype: Dtype = jnp.float32,
     attn_impl: str = "auto",
     dense_impl: str = "auto",
+    dual_lambda: bool = False,
 ) -> nn.Module:
     """Attention ('attn') or DiffAttention ('diff'), as timm's _create_attn builds them."""
+    # depth (the block index) and dual_lambda reach DiffAttention only, as in timm (where
+    # dual_lambda comes in through a DiffAttention subclass passed as attn_layer).
     kw = dict(
         qkv_bias=qkv_bias, qk_norm=qk_norm, proj_bias=proj_bias, attn_drop=attn_drop,
         proj_drop=proj_drop, norm_layer=norm_layer, norm_eps=norm_eps, dtype=dtype,
         attn_impl=attn_impl, dense_impl=dense_impl,
     )  # fmt: skip
     if attn_layer == "diff":
-        return DiffAttention(dim, num_heads, scale_norm=scale_norm, depth=depth, **kw)
+        return DiffAttention(
+            dim, num_heads, scale_norm=scale_norm, depth=depth, dual_lambda=dual_lambda, **kw
+        )
     if attn_layer != "attn":
         raise ValueError(f"unknown attn_layer {attn_layer!r}: expected one of {ATTN_LAYERS}")
     if scale_norm:
         raise ValueError("scale_attn_norm with attn_layer='attn' is not supported by vitjax")
+    if dual_lambda:
+        raise ValueError("dual_lambda=True needs attn_layer='diff'")
     return Attention(dim, num_heads, **kw)
 
 
@@ -215,6 +222,7 @@ class ResPostBlock(nn.Module):
     mlp_layer: str = "mlp"
     attn_layer: str = "attn"
     depth: int = 0
+    dual_lambda: bool = False
     dtype: Dtype = jnp.float32
     attn_impl: str = "auto"
     dense_impl: str = "auto"
@@ -225,16 +233,18 @@ class ResPostBlock(nn.Module):
             self.attn_layer, dim, self.num_heads, self.qkv_bias, self.qk_norm,
             self.scale_attn_norm, self.proj_bias, self.attn_drop, self.proj_drop,
             self.norm_layer, self.norm_eps, self.depth, dt, self.attn_impl, self.dense_impl,
+            dual_lambda=self.dual_lambda,
         )  # fmt: skip
         # timm's init_weights sets both norm weights to init_values (the residual gain).
-        self.norm1 = make_norm(self.norm_layer, self.norm_eps, dt)
+        gain = 1.0 if self.init_values is None else self.init_values
+        self.norm1 = make_norm(self.norm_layer, self.norm_eps, dt, scale_init=gain)
         self.drop_path1 = DropPath(self.drop_path)
         self.mlp = create_mlp(
             self.mlp_layer, dim, int(dim * self.mlp_ratio), self.act_layer,
             self.norm_layer if self.scale_mlp_norm else None, self.norm_eps, self.proj_bias,
             self.proj_drop, dt, self.dense_impl,
         )  # fmt: skip
-        self.norm2 = make_norm(self.norm_layer, self.norm_eps, dt)
+        self.norm2 = make_norm(self.norm_layer, self.norm_eps, dt, scale_init=gain)
         self.drop_path2 = DropPath(self.drop_path)
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -430,6 +440,7 @@ class ParallelThingsBlock(nn.Module):
     mlp_layer: str = "mlp"
     attn_layer: str = "attn"
     depth: int = 0
+    dual_lambda: bool = False
     dtype: Dtype = jnp.float32
     attn_impl: str = "auto"
     dense_impl: str = "auto"
@@ -441,7 +452,7 @@ class ParallelThingsBlock(nn.Module):
             qkv_bias=self.qkv_bias, qk_norm=self.qk_norm, scale_norm=self.scale_attn_norm,
             proj_bias=self.proj_bias, attn_drop=self.attn_drop, proj_drop=self.proj_drop,
             norm_layer=self.norm_layer, norm_eps=self.norm_eps, depth=self.depth, dtype=dt,
-            attn_impl=self.attn_impl, dense_impl=self.dense_impl,
+            attn_impl=self.attn_impl, dense_impl=self.dense_impl, dual_lambda=self.dual_lambda,
         )  # fmt: skip
         mlp_kw = dict(
             mlp_layer=self.mlp_layer, dim=dim, hidden_features=int(dim * self.mlp_ratio),

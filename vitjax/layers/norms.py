@@ -21,11 +21,12 @@ class LayerNorm(nn.Module):
     epsilon: float = 1e-6
     dtype: Dtype = jnp.float32
     use_bias: bool = True
+    scale_init: float = 1.0  # initial scale (timm's ResPostBlock starts its norms at init_values)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         C = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (C,))
+        scale = self.param("scale", nn.initializers.constant(self.scale_init), (C,))
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         xc = x - x.mean(axis=-1, keepdims=True)
         var = (xc * xc).mean(axis=-1, keepdims=True)
@@ -40,19 +41,26 @@ class RmsNorm(nn.Module):
 
     epsilon: float = 1e-6
     dtype: Dtype = jnp.float32
+    scale_init: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        scale = self.param("scale", nn.initializers.constant(self.scale_init), (x.shape[-1],))
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         y = x * jax.lax.rsqrt((x * x).mean(axis=-1, keepdims=True) + self.epsilon)
         return (y * scale).astype(self.dtype)
 
 
-def make_norm(kind: str, eps: float, dtype: Dtype = jnp.float32, name: str | None = None):
+def make_norm(
+    kind: str,
+    eps: float,
+    dtype: Dtype = jnp.float32,
+    name: str | None = None,
+    scale_init: float = 1.0,
+):
     """Norm layer by config name ('layernorm' or 'rmsnorm') and eps."""
     if kind == "layernorm":
-        return LayerNorm(epsilon=eps, dtype=dtype, name=name)
+        return LayerNorm(epsilon=eps, dtype=dtype, name=name, scale_init=scale_init)
     if kind == "rmsnorm":
-        return RmsNorm(epsilon=eps, dtype=dtype, name=name)
+        return RmsNorm(epsilon=eps, dtype=dtype, name=name, scale_init=scale_init)
     raise ValueError(f"unknown norm_layer {kind!r}: expected one of {NORM_LAYERS}")

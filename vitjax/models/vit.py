@@ -3,7 +3,8 @@
 Images are NHWC. ``setup()`` mirrors torch's ``__init__`` and ``__call__`` its ``forward``, so the
 parameter tree is timm's module tree (``blocks.3.attn.qkv`` is ``blocks_3/attn/qkv``). The shared
 layers (attention, MLP, norms, patch embedding) are in ``vitjax.layers``; vittorch/vit.py is the
-same model in PyTorch.
+same model in PyTorch (plain blocks only). ``cfg.block_fn`` / ``attn_layer`` / ``mlp_layer`` pick
+timm's other blocks, differential attention and gated MLPs from ``vitjax.layers.blocks``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from vitjax.layers import (
     make_norm,
     resample_abs_pos_embed,
 )
+from vitjax.layers import blocks as alt_blocks
 from vitjax.models.vit_config import VARIANTS, ViTConfig
 from vitjax.models.vit_timm import (
     TIMM_CLASSES,
@@ -31,6 +33,7 @@ from vitjax.models.vit_timm import (
     checkpoint_overrides,
     config_from_timm,
     describe_state_dict,
+    timm_model_args,
 )
 
 __all__ = [
@@ -40,10 +43,12 @@ __all__ = [
     "VARIANTS",
     "Block",
     "VisionTransformer",
+    "block_for",
     "checkpoint_filter_fn",
     "checkpoint_overrides",
     "config_from_timm",
     "describe_state_dict",
+    "timm_model_args",
 ]
 
 
@@ -61,8 +66,15 @@ def patch_embed_for(cfg: ViTConfig, dtype: Dtype = jnp.float32) -> PatchEmbed:
     )  # fmt: skip
 
 
-def attention_for(cfg: ViTConfig, dtype: Dtype = jnp.float32) -> Attention:
-    """The Attention a Block of this config uses."""
+def attention_for(cfg: ViTConfig, dtype: Dtype = jnp.float32, depth: int = 0) -> nn.Module:
+    """The attention a Block of this config uses (block index depth: DiffAttention's lambda)."""
+    if cfg.attn_layer != "attn":
+        return alt_blocks.create_attn(
+            cfg.attn_layer, cfg.embed_dim, cfg.num_heads, cfg.qkv_bias, cfg.qk_norm,
+            proj_bias=cfg.proj_bias, attn_drop=cfg.attn_drop_rate, proj_drop=cfg.proj_drop_rate,
+            norm_layer=cfg.norm_layer, norm_eps=cfg.norm_eps, depth=depth, dtype=dtype,
+            attn_impl=cfg.attn_impl, dense_impl=cfg.dense_impl, dual_lambda=cfg.dual_lambda,
+        )  # fmt: skip
     return Attention(
         cfg.embed_dim, cfg.num_heads, qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm,
         proj_bias=cfg.proj_bias, attn_drop=cfg.attn_drop_rate, proj_drop=cfg.proj_drop_rate,
@@ -71,8 +83,13 @@ def attention_for(cfg: ViTConfig, dtype: Dtype = jnp.float32) -> Attention:
     )  # fmt: skip
 
 
-def mlp_for(cfg: ViTConfig, dtype: Dtype = jnp.float32) -> Mlp:
-    """The Mlp a Block of this config uses."""
+def mlp_for(cfg: ViTConfig, dtype: Dtype = jnp.float32) -> nn.Module:
+    """The MLP a Block of this config uses (Mlp, GluMlp or SwiGLU)."""
+    if cfg.mlp_layer != "mlp":
+        return alt_blocks.create_mlp(
+            cfg.mlp_layer, cfg.embed_dim, cfg.mlp_hidden, cfg.act_layer, bias=cfg.proj_bias,
+            drop=cfg.proj_drop_rate, dtype=dtype, dense_impl=cfg.dense_impl,
+        )  # fmt: skip
     return Mlp(
         cfg.mlp_hidden, cfg.embed_dim, act_layer=cfg.act_layer, bias=cfg.proj_bias,
         drop=cfg.proj_drop_rate, dtype=dtype, dense_impl=cfg.dense_impl,
@@ -93,11 +110,12 @@ class Block(nn.Module):
     cfg: ViTConfig
     drop_path: float = 0.0
     dtype: Dtype = jnp.float32
+    depth: int = 0  # the block's index (timm's depth=i)
 
     def setup(self) -> None:
         cfg, dim, dt = self.cfg, self.cfg.embed_dim, self.dtype
         self.norm1 = _norm(cfg, dt)
-        self.attn = attention_for(cfg, dt)
+        self.attn = attention_for(cfg, dt, self.depth)
         self.ls1 = LayerScale(dim, cfg.init_values) if cfg.init_values else None
         self.drop_path1 = DropPath(self.drop_path)
         self.norm2 = _norm(cfg, dt)
@@ -110,6 +128,31 @@ class Block(nn.Module):
         x = x + self.drop_path1(self.ls1(y) if self.ls1 else y, train)
         y = self.mlp(self.norm2(x), train)
         return x + self.drop_path2(self.ls2(y) if self.ls2 else y, train)
+
+
+def block_for(
+    cfg: ViTConfig, depth: int, drop_path: float, dtype: Dtype = jnp.float32
+) -> nn.Module:
+    """Block number depth of this config: timm's block_fn with VisionTransformer's arguments."""
+    if cfg.block_fn == "Block":
+        return Block(cfg, drop_path, dtype=dtype, depth=depth)
+    kw = dict(
+        dim=cfg.embed_dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+        qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, proj_bias=cfg.proj_bias,
+        init_values=cfg.init_values, proj_drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate,
+        drop_path=drop_path, act_layer=cfg.act_layer, norm_layer=cfg.norm_layer,
+        norm_eps=cfg.norm_eps, depth=depth, dtype=dtype, attn_impl=cfg.attn_impl,
+        dense_impl=cfg.dense_impl,
+    )  # fmt: skip
+    if cfg.block_fn == "ParallelScalingBlock":
+        kw["fuse_out_proj"] = cfg.fuse_out_proj
+    elif cfg.block_fn == "DiffParallelScalingBlock":
+        kw["dual_lambda"] = cfg.dual_lambda
+    else:  # ResPostBlock, ParallelThingsBlock: timm's attention and MLP layers inside
+        kw.update(mlp_layer=cfg.mlp_layer, attn_layer=cfg.attn_layer, dual_lambda=cfg.dual_lambda)
+        if cfg.block_fn == "ParallelThingsBlock":
+            kw["num_parallel"] = cfg.num_parallel
+    return getattr(alt_blocks, cfg.block_fn)(**kw)
 
 
 class VisionTransformer(nn.Module):
@@ -133,7 +176,7 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
         self.norm_pre = _norm(cfg, dt) if cfg.pre_norm else None
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        self.blocks = [Block(cfg, rates[i], dtype=dt) for i in range(cfg.depth)]
+        self.blocks = [block_for(cfg, i, rates[i], dt) for i in range(cfg.depth)]
         self.norm = _norm(cfg, dt) if cfg.final_norm and not cfg.use_fc_norm else None
         self.attn_pool = attn_pool_for(cfg, dt) if cfg.global_pool == "map" else None
         self.fc_norm = _norm(cfg, dt) if cfg.final_norm and cfg.use_fc_norm else None

@@ -14,9 +14,15 @@ from typing import Any
 from vitjax.util import ATTN_IMPLS, DENSE_IMPLS, to_2tuple
 
 GLOBAL_POOLS = ("", "token", "avg", "max", "avgmax", "map")
-ACT_LAYERS = ("gelu", "gelu_tanh", "quick_gelu")
+ACT_LAYERS = ("gelu", "gelu_tanh", "quick_gelu", "silu", "relu")
 NORM_LAYERS = ("layernorm", "rmsnorm")
-
+# timm's block classes, attention layers (ATTN_LAYERS keys) and MLPs (Mlp, GluMlp, SwiGLU,
+# SwiGLUPacked), by the names vitjax.layers.blocks builds them from.
+BLOCK_FNS = ("Block", "ResPostBlock", "ParallelScalingBlock", "DiffParallelScalingBlock",
+             "ParallelThingsBlock")  # fmt: skip
+ATTN_LAYERS = ("attn", "diff")
+MLP_LAYERS = ("mlp", "glu", "swiglu", "swiglu_packed")
+_PARALLEL_SCALING = ("ParallelScalingBlock", "DiffParallelScalingBlock")  # one fused in_proj
 
 
 def mlp_ratio_for(dim: int, hidden: int) -> float:
@@ -63,6 +69,12 @@ class ViTConfig:
     norm_layer: str = "layernorm"
     norm_eps: float = 1e-6
     act_layer: str = "gelu"
+    block_fn: str = "Block"
+    attn_layer: str = "attn"
+    mlp_layer: str = "mlp"
+    dual_lambda: bool = False  # differential attention: two scalar lambdas, not four vectors
+    fuse_out_proj: bool = False  # ParallelScalingBlock: one out_proj over [attn, mlp]
+    num_parallel: int = 2  # ParallelThingsBlock: attention / MLP branches per block
     attn_scale: float | None = None
     distilled: bool = False
     attn_impl: str = "auto"
@@ -92,6 +104,53 @@ class ViTConfig:
         for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
             if min(to_2tuple(getattr(self, name))) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be positive")
+        self._check_block_options()
+
+    def _check_block_options(self) -> None:
+        """One config per model: options a block type does not use stay at their defaults."""
+        for name, allowed in (
+            ("block_fn", BLOCK_FNS), ("attn_layer", ATTN_LAYERS), ("mlp_layer", MLP_LAYERS)
+        ):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
+        block = self.block_fn
+        if block in _PARALLEL_SCALING and (self.attn_layer, self.mlp_layer) != ("attn", "mlp"):
+            raise ValueError(f"{block} has its own attention and MLP: no attn_layer / mlp_layer")
+        if self.fuse_out_proj and block != "ParallelScalingBlock":
+            raise ValueError("fuse_out_proj=True needs block_fn='ParallelScalingBlock'")
+        if self.num_parallel != 2 and block != "ParallelThingsBlock":
+            raise ValueError("num_parallel needs block_fn='ParallelThingsBlock'")
+        if self.num_parallel < 1:
+            raise ValueError(f"num_parallel={self.num_parallel} must be positive")
+        if self.uses_diff_attention:
+            if self.embed_dim % (2 * self.num_heads):
+                raise ValueError(
+                    f"differential attention needs embed_dim={self.embed_dim} divisible by "
+                    f"2 * num_heads={2 * self.num_heads}"
+                )
+        elif self.dual_lambda:
+            raise ValueError("dual_lambda=True needs attn_layer='diff' or DiffParallelScalingBlock")
+        if self.mlp_layer in ("glu", "swiglu_packed") and self.mlp_hidden % 2:
+            raise ValueError(f"mlp_layer={self.mlp_layer!r} needs an even MLP width")
+        if self.attn_scale is not None and (block, self.attn_layer) != ("Block", "attn"):
+            raise ValueError("attn_scale needs block_fn='Block' with attn_layer='attn'")
+
+    @property
+    def uses_diff_attention(self) -> bool:
+        return self.attn_layer == "diff" or self.block_fn == "DiffParallelScalingBlock"
+
+    @property
+    def is_plain(self) -> bool:
+        """True for the plain ViT block (Block, Attention, Mlp): what vittorch builds."""
+        return (self.block_fn, self.attn_layer, self.mlp_layer) == ("Block", "attn", "mlp")
+
+    def require_plain(self, who: str = "vittorch") -> None:
+        """Raise a ValueError naming the options of a config that is not the plain ViT block."""
+        plain = {"block_fn": "Block", "attn_layer": "attn", "mlp_layer": "mlp"}
+        bad = {k: getattr(self, k) for k, v in plain.items() if getattr(self, k) != v}
+        if bad:
+            opts = ", ".join(f"{k}={v!r}" for k, v in bad.items())
+            raise ValueError(f"{who} builds the plain ViT block only, not {opts} (use vitjax)")
 
     @property
     def head_dim(self) -> int:
@@ -181,6 +240,9 @@ _DEIT3 = dict(no_embed_class=True, init_values=1e-6)
 _DINOV2 = dict(init_values=1e-5, num_classes=0)
 _TIPSV2 = dict(init_values=1.0, no_embed_class=True, reg_tokens=1, num_classes=0)
 _RADIO = dict(no_embed_class=True, final_norm=False, num_classes=0)
+_XP = dict(pre_norm=True, no_embed_class=True, norm_layer="rmsnorm", qkv_bias=False, qk_norm=True,
+           block_fn="ParallelScalingBlock")  # ViT-22B style parallel blocks
+_SWIGLU_PACKED = dict(mlp_layer="swiglu_packed", act_layer="silu")  # GluMlp, gate first
 _TUTORIAL = dict(qkv_bias=False, norm_eps=1e-5, embed_dim=384, depth=7, num_heads=8, mlp_ratio=4.0)
 
 
@@ -212,6 +274,15 @@ VARIANTS: dict[str, dict[str, Any]] = dict([
     _m("vit_small_patch16_384", "small", 16, 384),
     _m("vit_small_patch8_224", "small", 8, 224, num_classes=0),
     _m("vit_small_patch16_36x1_224", (384, 36, 6, 1536), 16, 224, init_values=1e-5),
+    _m("vit_small_patch16_18x2_224", (384, 18, 6, 1536), 16, 224, init_values=1e-5,
+       block_fn="ParallelThingsBlock"),
+    _m("vit_base_patch16_18x2_224", (768, 18, 12, 3072), 16, 224, init_values=1e-5,
+       block_fn="ParallelThingsBlock"),
+    _m("vit_base_patch16_rpn_224", "base", 16, 224, qkv_bias=False, init_values=1e-5,
+       class_token=False, global_pool="avg", block_fn="ResPostBlock"),
+    _m("vit_base_patch16_xp_224", "base", 16, 224, _XP),
+    _m("vit_large_patch14_xp_224", "large", 14, 224, _XP),
+    _m("vit_huge_patch14_xp_224", "huge", 14, 224, _XP),
     _m("vit_base_patch32_224", "base", 32, 224),
     _m("vit_base_patch32_384", "base", 32, 384),
     _m("vit_base_patch16_224", "base", 16, 224),
@@ -322,7 +393,14 @@ VARIANTS: dict[str, dict[str, Any]] = dict([
     _m("vit_betwixt_patch16_gap_256", "betwixt", 16, 256, _GAP, qkv_bias=False, init_values=1e-6),
     # Register tokens (order [cls, reg..., patches]) with average pooling.
     _m("vit_wee_patch16_reg1_gap_256", "wee", 16, 256, _REG_GAP, reg_tokens=1),
+    _m("vit_dwee_patch16_reg1_gap_256", "wee", 16, 256, _REG_GAP, reg_tokens=1, attn_layer="diff"),
+    _m("vit_pwee_patch16_reg1_gap_256", (256, 16, 4, 1280), 16, 256, _REG_GAP, reg_tokens=1,
+       block_fn="ParallelScalingBlock"),
+    _m("vit_dpwee_patch16_reg1_gap_256", (256, 16, 4, 1280), 16, 256, _REG_GAP, reg_tokens=1,
+       block_fn="DiffParallelScalingBlock"),
     _m("vit_little_patch16_reg1_gap_256", "little", 16, 256, _REG_GAP, reg_tokens=1),
+    _m("vit_dlittle_patch16_reg1_gap_256", "little", 16, 256, _REG_GAP, reg_tokens=1,
+       attn_layer="diff"),
     _m("vit_little_patch16_reg4_gap_256", "little", 16, 256, _REG_GAP, reg_tokens=4),
     _m("vit_medium_patch16_reg1_gap_256", "medium", 16, 256, _REG_GAP, reg_tokens=1),
     _m("vit_medium_patch16_reg4_gap_256", "medium", 16, 256, _REG_GAP, reg_tokens=4),
@@ -343,14 +421,18 @@ VARIANTS: dict[str, dict[str, Any]] = dict([
     _m("vit_small_patch14_dinov2", "small", 14, 518, _DINOV2),
     _m("vit_base_patch14_dinov2", "base", 14, 518, _DINOV2),
     _m("vit_large_patch14_dinov2", "large", 14, 518, _DINOV2),
+    _m("vit_giant_patch14_dinov2", (1536, 40, 24, 8192), 14, 518, _DINOV2, _SWIGLU_PACKED),
     _m("vit_small_patch14_reg4_dinov2", "small", 14, 518, _DINOV2, no_embed_class=True,
        reg_tokens=4),
     _m("vit_base_patch14_reg4_dinov2", "base", 14, 518, _DINOV2, no_embed_class=True, reg_tokens=4),
     _m("vit_large_patch14_reg4_dinov2", "large", 14, 518, _DINOV2, no_embed_class=True,
        reg_tokens=4),
+    _m("vit_giant_patch14_reg4_dinov2", (1536, 40, 24, 8192), 14, 518, _DINOV2, _SWIGLU_PACKED,
+       no_embed_class=True, reg_tokens=4),
     _m("vit_base_patch14_reg1_tipsv2", "base", 14, 448, _TIPSV2),
     _m("vit_large_patch14_reg1_tipsv2", "large", 14, 448, _TIPSV2),
     _m("vit_so400m_patch14_reg1_tipsv2", "so400m", 14, 448, _TIPSV2),
+    _m("vit_giant_patch14_reg1_tipsv2", (1536, 40, 24, 8192), 14, 448, _TIPSV2, _SWIGLU_PACKED),
     # NVIDIA C-RADIO backbones (model only; RADIO-format checkpoints load through timm) and
     # InternViT-300M.
     _m("vit_base_patch16_radio_v3", "base", 16, 512, _RADIO, reg_tokens=7, init_values=1e-5),

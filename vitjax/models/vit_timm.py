@@ -27,7 +27,7 @@ from vitjax.models.common import (
     norm_kind,
     require,
 )
-from vitjax.models.vit_config import VARIANTS, ViTConfig, mlp_ratio_for
+from vitjax.models.vit_config import ViTConfig, mlp_ratio_for
 from vitjax.util import to_2tuple
 from vitjax.weights.errors import WeightMismatchError
 
@@ -42,45 +42,175 @@ _OTHER_CLASSES = {
 
 TIMM_CLASSES = ("VisionTransformer", "VisionTransformerDistilled")
 
+_SUB_NORM = ("rmsnorm", 1e-5)  # DiffAttention's sub_norm: RmsNorm(2 * head_dim, eps=1e-5)
+_MLP_CLASSES = {"Mlp": "mlp", "SwiGLU": "swiglu"}  # GluMlp: "glu" or "swiglu_packed"
 
-def _check_block(blk: Any, i: int, ref: dict[str, Any]) -> None:
-    """Refuse a block vitjax cannot mirror or one that differs from block 0 (``ref``)."""
-    w = f"blocks.{i}"
+
+def _lambda_init(depth: int) -> float:
+    """timm's differential-attention lambda_init at block index depth."""
+    return 0.8 - 0.6 * math.exp(-0.3 * depth)
+
+
+def _act(act: Any, where: str) -> str:
+    """Config name of a timm activation module (SiLU / ReLU beside common.act_name's GELUs)."""
+    return {"SiLU": "silu", "ReLU": "relu"}.get(cls_name(act)) or act_name(act, where)
+
+
+def _layer_scale(ls: Any, where: str) -> float | None:
+    """init_values of a LayerScale, None for Identity."""
+    if is_identity(ls):
+        return None
+    require(cls_name(ls) == "LayerScale", f"{where} of type {cls_name(ls)}")
+    return float(ls.init_values)
+
+
+def _qk_norm(mod: Any, where: str, norm: tuple[str, float]) -> bool:
+    """Whether mod has q_norm / k_norm (both, of the model's norm kind)."""
+    has = [not is_identity(getattr(mod, n)) for n in ("q_norm", "k_norm")]
+    require(has[0] == has[1], f"{where}: q_norm without k_norm (or the reverse)")
+    for n in ("q_norm", "k_norm") if has[0] else ():
+        require(norm_kind(getattr(mod, n), f"{where}.{n}") == norm, f"{where}.{n} of another kind")
+    return has[0]
+
+
+def _diff_lambda(mod: Any, where: str, depth: int) -> bool:
+    """dual_lambda of a differential attention at block index depth; checks lambda_init."""
     require(
-        cls_name(blk) == "Block",
-        f"{w} of type {cls_name(blk)} (parallel / res-post / scaled blocks)",
+        abs(float(mod.lambda_init) - _lambda_init(depth)) < 1e-12,
+        f"{where}.lambda_init={mod.lambda_init} (timm's rule at depth {depth} gives "
+        f"{_lambda_init(depth)})",
     )
-    attn, mlp = blk.attn, blk.mlp
-    require(cls_name(attn) == "Attention", f"{w}.attn of type {cls_name(attn)}")
-    require(cls_name(mlp) == "Mlp", f"{w}.mlp of type {cls_name(mlp)} (SwiGLU / GLU MLPs)")
-    dim, heads = ref["dim"], ref["num_heads"]
-    require(attn.num_heads == heads, f"{w}.attn with {attn.num_heads} heads (block 0 has {heads})")
-    require(attn.head_dim * heads == dim, f"{w}.attn with attn_head_dim != dim / num_heads")
-    check_linear(attn.qkv, f"{w}.attn.qkv", dim, 3 * dim, ref["qkv_bias"])
-    check_linear(attn.proj, f"{w}.attn.proj", dim, dim, ref["proj_bias"])
-    require(is_identity(getattr(attn, "norm", None)), f"{w}.attn.norm (scale_attn_norm)")
-    require(getattr(attn, "gate", None) is None, f"{w}.attn.gate (gated attention)")
-    require(abs(attn.scale - attn.head_dim**-0.5) < 1e-12, f"{w}.attn with a custom scale")
-    for qk in ("q_norm", "k_norm"):
-        has = not is_identity(getattr(attn, qk))
-        require(has == ref["qk_norm"], f"{w}.attn.{qk} differing from block 0")
-        if has:
-            require(
-                norm_kind(getattr(attn, qk), f"{w}.attn.{qk}") == ref["norm"],
-                f"{w}.attn.{qk} with another norm kind or eps",
-            )
-    check_linear(mlp.fc1, f"{w}.mlp.fc1", dim, ref["hidden"], ref["proj_bias"])
-    check_linear(mlp.fc2, f"{w}.mlp.fc2", ref["hidden"], dim, ref["proj_bias"])
-    require(is_identity(getattr(mlp, "norm", None)), f"{w}.mlp.norm (scale_mlp_norm)")
-    require(act_name(mlp.act, f"{w}.mlp.act") == ref["act"], f"{w}.mlp.act differing from block 0")
-    for n in ("norm1", "norm2"):
-        require(norm_kind(getattr(blk, n), f"{w}.{n}") == ref["norm"], f"{w}.{n} with another eps")
-    for ls in ("ls1", "ls2"):
-        mod = getattr(blk, ls)
-        has = not is_identity(mod)
-        require(has == (ref["init_values"] is not None), f"{w}.{ls} differing from block 0")
-        if has:
-            require(cls_name(mod) == "LayerScale", f"{w}.{ls} of type {cls_name(mod)}")
+    require(norm_kind(mod.sub_norm, f"{where}.sub_norm") == _SUB_NORM, f"{where}.sub_norm eps")
+    return bool(mod.dual_lambda)
+
+
+def _read_attn(attn: Any, where: str, dim: int, norm: tuple[str, float], depth: int) -> dict:
+    """Config fields of an Attention or DiffAttention inside a block."""
+    kind = {"Attention": "attn", "DiffAttention": "diff"}.get(cls_name(attn))
+    require(kind is not None, f"{where} of type {cls_name(attn)}")
+    heads = attn.num_heads
+    per_head = 2 if kind == "diff" else 1
+    require(attn.head_dim * heads * per_head == dim, f"{where} with attn_head_dim != dim / heads")
+    require(is_identity(getattr(attn, "norm", None)), f"{where}.norm (scale_attn_norm)")
+    require(getattr(attn, "gate", None) is None, f"{where}.gate (gated attention)")
+    require(abs(attn.scale - attn.head_dim**-0.5) < 1e-12, f"{where} with a custom scale")
+    check_linear(attn.qkv, f"{where}.qkv", dim, 3 * dim)
+    check_linear(attn.proj, f"{where}.proj", dim, dim)
+    return dict(
+        attn_layer=kind, num_heads=heads, qkv_bias=attn.qkv.bias is not None,
+        proj_bias=attn.proj.bias is not None, qk_norm=_qk_norm(attn, where, norm),
+        dual_lambda=_diff_lambda(attn, where, depth) if kind == "diff" else False,
+        attn_drop=_drop(attn.attn_drop), proj_drop=_drop(attn.proj_drop),
+    )  # fmt: skip
+
+
+def _read_mlp(mlp: Any, where: str, dim: int) -> dict:
+    """Config fields of an Mlp, GluMlp (glu / swiglu_packed) or SwiGLU inside a block."""
+    name = cls_name(mlp)
+    if name == "GluMlp":
+        kind = "glu" if mlp.gate_last else "swiglu_packed"
+        require(mlp.chunk_dim == -1, f"{where} with 1x1 convolutions")
+        fc1s, fc2_in = [mlp.fc1], mlp.fc1.out_features // 2
+    else:
+        kind = _MLP_CLASSES.get(name)
+        require(kind is not None, f"{where} of type {name} (supported: Mlp, GluMlp, SwiGLU)")
+        fc1s = [mlp.fc1_g, mlp.fc1_x] if kind == "swiglu" else [mlp.fc1]
+        fc2_in = fc1s[0].out_features
+    hidden, bias = fc1s[0].out_features, fc1s[0].bias is not None
+    for fc, n in zip(fc1s, ("fc1_g", "fc1_x") if kind == "swiglu" else ("fc1",), strict=True):
+        check_linear(fc, f"{where}.{n}", dim, hidden, bias)
+    check_linear(mlp.fc2, f"{where}.fc2", fc2_in, dim, bias)
+    require(is_identity(getattr(mlp, "norm", None)), f"{where}.norm (scale_mlp_norm)")
+    return dict(mlp_layer=kind, hidden=hidden, mlp_bias=bias, act=_act(mlp.act, f"{where}.act"))
+
+
+def _block_fields(blk: Any, i: int, dim: int) -> dict[str, Any]:
+    """The config fields one timm block implies (its drop_path rate under 'drop_path')."""
+    w, kind = f"blocks.{i}", cls_name(blk)
+    readers = {
+        "Block": _read_pre_norm_block, "ResPostBlock": _read_res_post_block,
+        "ParallelScalingBlock": _read_parallel_scaling_block,
+        "DiffParallelScalingBlock": _read_parallel_scaling_block,
+        "ParallelThingsBlock": _read_parallel_things_block,
+    }  # fmt: skip
+    require(kind in readers, f"{w} of type {kind} (supported: {', '.join(readers)})")
+    f = readers[kind](blk, w, dim, i)
+    if "mlp_bias" in f:  # Block, ResPostBlock, ParallelThingsBlock: one bias flag for both
+        require(f.pop("mlp_bias") == f["proj_bias"], f"{w}.mlp bias differing from attn.proj's")
+    return dict(block_fn=kind, **f)
+
+
+def _read_pre_norm_block(blk: Any, w: str, dim: int, i: int) -> dict[str, Any]:
+    norm = norm_kind(blk.norm1, f"{w}.norm1")
+    require(norm_kind(blk.norm2, f"{w}.norm2") == norm, f"{w}.norm2 of another kind or eps")
+    init = [_layer_scale(getattr(blk, n), f"{w}.{n}") for n in ("ls1", "ls2")]
+    require(init[0] == init[1], f"{w}.ls1 / ls2 with different init_values")
+    return dict(
+        norm=norm, **_read_attn(blk.attn, f"{w}.attn", dim, norm, i),
+        **_read_mlp(blk.mlp, f"{w}.mlp", dim), init_values=init[0],
+        drop_path=_drop(blk.drop_path1),
+    )  # fmt: skip
+
+
+def _read_res_post_block(blk: Any, w: str, dim: int, i: int) -> dict[str, Any]:
+    norm = norm_kind(blk.norm1, f"{w}.norm1")
+    require(norm_kind(blk.norm2, f"{w}.norm2") == norm, f"{w}.norm2 of another kind or eps")
+    init = blk.init_values  # no LayerScale: timm starts norm1 / norm2 weights at init_values
+    return dict(
+        norm=norm, **_read_attn(blk.attn, f"{w}.attn", dim, norm, i),
+        **_read_mlp(blk.mlp, f"{w}.mlp", dim), init_values=None if init is None else float(init),
+        drop_path=_drop(blk.drop_path1),
+    )  # fmt: skip
+
+
+def _read_parallel_scaling_block(blk: Any, w: str, dim: int, i: int) -> dict[str, Any]:
+    diff = cls_name(blk) == "DiffParallelScalingBlock"
+    norm = norm_kind(blk.in_norm, f"{w}.in_norm")
+    heads, hidden = blk.num_heads, blk.in_split[0]
+    require(blk.head_dim * heads * (2 if diff else 1) == dim, f"{w} with head_dim != dim / heads")
+    require(list(blk.in_split) == [hidden, dim, dim, dim], f"{w}.in_split {blk.in_split}")
+    qkv_bias = blk.in_proj.bias is not None
+    check_linear(blk.in_proj, f"{w}.in_proj", dim, hidden + 3 * dim)
+    require((blk.mlp_bias is None) == qkv_bias, f"{w}.mlp_bias present together with qkv_bias")
+    fused = blk.out_proj is not None
+    if fused:
+        check_linear(blk.out_proj, f"{w}.out_proj", dim + hidden, dim)
+        proj_bias = blk.out_proj.bias is not None
+    else:
+        proj_bias = blk.attn_out_proj.bias is not None
+        check_linear(blk.attn_out_proj, f"{w}.attn_out_proj", dim, dim, proj_bias)
+        check_linear(blk.mlp_out_proj, f"{w}.mlp_out_proj", hidden, dim, proj_bias)
+    require(fused or not diff, f"{w} without out_proj")
+    return dict(
+        norm=norm, attn_layer="attn", num_heads=heads, qkv_bias=qkv_bias, proj_bias=proj_bias,
+        qk_norm=_qk_norm(blk, w, norm), mlp_layer="mlp", hidden=hidden,
+        act=_act(blk.mlp_act, f"{w}.mlp_act"), init_values=_layer_scale(blk.ls, f"{w}.ls"),
+        dual_lambda=_diff_lambda(blk, w, i) if diff else False, fuse_out_proj=fused and not diff,
+        attn_drop=_drop(blk.attn_drop), proj_drop=_drop(blk.mlp_drop),
+        drop_path=_drop(blk.drop_path),
+    )  # fmt: skip
+
+
+def _read_parallel_things_block(blk: Any, w: str, dim: int, i: int) -> dict[str, Any]:
+    n = len(blk.attns)
+    require(n == len(blk.ffns) and n > 0, f"{w} with {n} attns and {len(blk.ffns)} ffns")
+    branches = []
+    for j in range(n):
+        a, f = blk.attns[j], blk.ffns[j]
+        aw, fw = f"{w}.attns.{j}", f"{w}.ffns.{j}"
+        norm = norm_kind(a.norm, f"{aw}.norm")
+        require(norm_kind(f.norm, f"{fw}.norm") == norm, f"{fw}.norm of another kind or eps")
+        init = [_layer_scale(a.ls, f"{aw}.ls"), _layer_scale(f.ls, f"{fw}.ls")]
+        require(init[0] == init[1], f"{w}: attns / ffns LayerScale with different init_values")
+        rates = [_drop(a.drop_path), _drop(f.drop_path)]
+        require(rates[0] == rates[1], f"{w}: attns / ffns with different drop_path rates")
+        branches.append(dict(
+            norm=norm, **_read_attn(a.attn, f"{aw}.attn", dim, norm, i),
+            **_read_mlp(f.mlp, f"{fw}.mlp", dim), init_values=init[0], drop_path=rates[0],
+        ))  # fmt: skip
+    for j, b in enumerate(branches[1:], 1):
+        require(b == branches[0], f"{w}: branch {j} differing from branch 0")
+    return dict(branches[0], num_parallel=n)
 
 
 def _check_pool(model: Any, ref: dict[str, Any]) -> None:
@@ -145,6 +275,16 @@ def _drop(m: Any) -> float:
     return float(getattr(m, "p", getattr(m, "drop_prob", 0.0)) or 0.0)
 
 
+def _read_blocks(model: Any, dim: int) -> dict[str, Any]:
+    """The block fields every block shares (refusing any that differ), drop_path of the last."""
+    fields = [_block_fields(b, i, dim) for i, b in enumerate(model.blocks)]
+    ref = {k: v for k, v in fields[0].items() if k != "drop_path"}
+    for i, f in enumerate(fields[1:], 1):
+        diff = sorted(k for k in ref if f[k] != ref[k])
+        require(not diff, f"blocks.{i} differing from blocks.0 in {', '.join(diff)}")
+    return dict(ref, dim=dim, drop_path=fields[-1]["drop_path"])
+
+
 def config_from_timm(model: Any) -> ViTConfig:
     """ViTConfig equal to a timm VisionTransformer / VisionTransformerDistilled instance."""
     name = cls_name(model)
@@ -154,29 +294,8 @@ def config_from_timm(model: Any) -> ViTConfig:
     )
     require(is_identity(getattr(model, "patch_drop", None)), "patch_drop (patch dropout)")
     require(len(model.blocks) > 0, "a model with no blocks")
-    blk = model.blocks[0]
     dim = model.embed_dim
-    require(
-        cls_name(blk) == "Block", f"blocks.0 of type {cls_name(blk)} (parallel / res-post blocks)"
-    )
-    require(cls_name(blk.attn) == "Attention", f"blocks.0.attn of type {cls_name(blk.attn)}")
-    require(
-        cls_name(blk.mlp) == "Mlp", f"blocks.0.mlp of type {cls_name(blk.mlp)} (SwiGLU / GLU MLPs)"
-    )
-    ls = getattr(blk, "ls1", None)
-    ref = dict(
-        dim=dim,
-        num_heads=blk.attn.num_heads,
-        qkv_bias=blk.attn.qkv.bias is not None,
-        proj_bias=blk.attn.proj.bias is not None,
-        qk_norm=not is_identity(blk.attn.q_norm),
-        hidden=blk.mlp.fc1.out_features,
-        act=act_name(blk.mlp.act, "blocks.0.mlp.act"),
-        norm=norm_kind(blk.norm1, "blocks.0.norm1"),
-        init_values=None if is_identity(ls) else float(ls.init_values),
-    )
-    for i, b in enumerate(model.blocks):
-        _check_block(b, i, ref)
+    ref = _read_blocks(model, dim)
     _check_pool(model, ref)
     pre_norm = not is_identity(model.norm_pre)
     _check_patch_embed(model, pre_norm, ref["norm"])
@@ -220,13 +339,19 @@ def config_from_timm(model: Any) -> ViTConfig:
         dynamic_img_pad=bool(pe.dynamic_img_pad),
         drop_rate=_drop(model.head_drop),
         pos_drop_rate=_drop(model.pos_drop),
-        proj_drop_rate=_drop(blk.attn.proj_drop),
-        attn_drop_rate=_drop(blk.attn.attn_drop),
-        drop_path_rate=_drop(model.blocks[-1].drop_path1),
+        proj_drop_rate=ref["proj_drop"],
+        attn_drop_rate=ref["attn_drop"],
+        drop_path_rate=ref["drop_path"],
         embed_norm=not is_identity(pe.norm),
         norm_layer=ref["norm"][0],
         norm_eps=ref["norm"][1],
         act_layer=ref["act"],
+        block_fn=ref["block_fn"],
+        attn_layer=ref["attn_layer"],
+        mlp_layer=ref["mlp_layer"],
+        dual_lambda=ref["dual_lambda"],
+        fuse_out_proj=ref.get("fuse_out_proj", False),
+        num_parallel=ref.get("num_parallel", 2),
         distilled=getattr(model, "dist_token", None) is not None,
     )
     if model.pos_embed is not None:
@@ -387,13 +512,58 @@ def describe_state_dict(state_dict: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "no timm ViT keys"
 
 
+_TIMM_MLPS = {"mlp": "Mlp", "glu": "GluMlp", "swiglu": "SwiGLU", "swiglu_packed": "SwiGLUPacked"}
+
+
+def _timm_layers(cfg: ViTConfig) -> dict[str, Any]:
+    """timm's block_fn / attn_layer / mlp_layer arguments for cfg (timm classes and partials)."""
+    from functools import partial
+
+    import timm.layers
+    from timm.models import vision_transformer as tv
+
+    block_fn = getattr(tv, cfg.block_fn)
+    if cfg.fuse_out_proj:
+        block_fn = partial(block_fn, fuse_out_proj=True)
+    elif cfg.num_parallel != 2:
+        block_fn = partial(block_fn, num_parallel=cfg.num_parallel)
+    elif cfg.dual_lambda and cfg.block_fn == "DiffParallelScalingBlock":
+        block_fn = partial(block_fn, dual_lambda=True)
+    attn_layer: Any = cfg.attn_layer
+    if cfg.dual_lambda and cfg.attn_layer == "diff":
+        attn_layer = _dual_lambda_diff_attention()
+    mlp_layer = getattr(timm.layers, _TIMM_MLPS[cfg.mlp_layer])
+    return dict(block_fn=block_fn, attn_layer=attn_layer, mlp_layer=mlp_layer)
+
+
+def _dual_lambda_diff_attention() -> type:
+    """timm's DiffAttention with dual_lambda=True, as a subclass (timm's _create_attn needs one)."""
+    import timm.layers
+
+    class DiffAttention(timm.layers.DiffAttention):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, dual_lambda=True, **kwargs)
+
+    return DiffAttention
+
+
+_LAYER_FIELDS = ("block_fn", "attn_layer", "mlp_layer", "dual_lambda", "fuse_out_proj",
+                 "num_parallel")  # fmt: skip
+
+
 def timm_model_args(name: str, cfg: ViTConfig) -> dict[str, Any]:
     """timm.create_model kwargs that turn the named timm model into cfg (differences only)."""
-    base = ViTConfig(**VARIANTS[name.partition(".")[0]])
+    import warnings
+
+    from vitjax import registry
+
+    with warnings.catch_warnings():  # an old name: timm warns when it builds the model
+        warnings.simplefilter("ignore")
+        base = registry.get_config(name)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         new, old = getattr(cfg, f.name), getattr(base, f.name)
-        if new == old or f.name in ("attn_impl", "dense_impl"):
+        if new == old or f.name in ("attn_impl", "dense_impl", *_LAYER_FIELDS):
             continue
         if f.name == "embed_norm":
             out["embed_norm_layer"] = cfg.norm_layer if new else None
@@ -401,7 +571,22 @@ def timm_model_args(name: str, cfg: ViTConfig) -> dict[str, Any]:
             raise ValueError(f"{f.name}={new!r} (model default {old!r}) has no timm argument")
         else:
             out[f.name] = new
+    new_keys, old_keys = _layer_keys(cfg), _layer_keys(base)
+    changed = [k for k in new_keys if new_keys[k] != old_keys[k]]
+    if changed:
+        layers = _timm_layers(cfg)
+        out.update({k: layers[k] for k in changed})
     return out
+
+
+def _layer_keys(cfg: ViTConfig) -> dict[str, Any]:
+    """What each of timm's block_fn / attn_layer / mlp_layer arguments is made of, for cfg."""
+    dual_block = cfg.dual_lambda and cfg.block_fn == "DiffParallelScalingBlock"
+    return dict(
+        block_fn=(cfg.block_fn, cfg.fuse_out_proj, cfg.num_parallel, dual_block),
+        attn_layer=(cfg.attn_layer, cfg.dual_lambda and cfg.attn_layer == "diff"),
+        mlp_layer=cfg.mlp_layer,
+    )
 
 
 # --- The tutorial notebook's own layout -------------------------------------------------------
