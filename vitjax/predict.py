@@ -22,6 +22,7 @@ from vitjax.util import to_2tuple
 from vitjax.weights import files as io
 from vitjax.weights import hub
 
+
 def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Image files of paths: files as given, folders searched recursively (image files only).
 
