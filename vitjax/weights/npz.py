@@ -224,9 +224,9 @@ def _read_layout(archive: _Archive, path: Any) -> dict[str, np.ndarray]:
     stacked = r.has("Transformer/encoderblock/LayerNorm_0/scale")
     big_vision = prefix.startswith("params/") or r.has("pos_embedding") or stacked
     sd: dict[str, np.ndarray] = {}
-    if len(r.shape("embedding/kernel")) != 4:
+    if len(r.shape("embedding/kernel")) not in (2, 4):  # conv, or NaFlex's linear patch embed
         shape = r.shape("embedding/kernel")
-        raise CheckpointError(f"{path}: embedding/kernel of shape {shape} is not a conv")
+        raise CheckpointError(f"{path}: embedding/kernel of shape {shape} is not a patch embed")
     sd["patch_embed.proj.weight"] = r.get("embedding/kernel")
     if r.has("embedding/bias"):
         sd["patch_embed.proj.bias"] = r.get("embedding/bias")
