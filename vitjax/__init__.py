@@ -25,7 +25,18 @@ _EXPORTS = {
     "count_params": "vitjax.factory",
 }
 
-_SUBMODULES = ("cli", "factory", "layers", "models", "nnx", "registry", "training", "util", "weights")
+_SUBMODULES = (
+    "cli",
+    "data",
+    "factory",
+    "layers",
+    "models",
+    "nnx",
+    "registry",
+    "training",
+    "util",
+    "weights",
+)
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 
