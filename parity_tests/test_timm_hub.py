@@ -85,8 +85,8 @@ def test_not_cached_is_a_clear_error(offline_cache):
         create_model("deit_tiny_patch16_224", pretrained=True)
     msg = str(e.value)
     assert "timm/deit_tiny_patch16_224.fb_in1k/model.safetensors" in msg
-    assert "huggingface-cli download timm/deit_tiny_patch16_224.fb_in1k" in msg
-    assert "never downloads" in msg
+    assert "`hf download timm/deit_tiny_patch16_224.fb_in1k model.safetensors`" in msg
+    assert "HF_HUB_OFFLINE is set" in msg
 
 
 def test_cache_lookup_without_huggingface_hub_or_timm(offline_cache, monkeypatch):

@@ -191,6 +191,39 @@ def _build(family: str, cfg: Any, dtype: Any) -> Model:
     return registry.model_module(family).MODEL(cfg, dtype=dtype)
 
 
+def _create_from_hub(
+    name: str,
+    checkpoint_path: str | os.PathLike | None,
+    seed: int,
+    dtype: Any,
+    allow_nonfinite: bool,
+    cache_dir: str | os.PathLike | None,
+    overrides: dict[str, Any],
+) -> tuple[Model, Variables]:
+    """An hf-hub: repo's model (its config.json, then overrides) with the repo's weights."""
+    # As timm.create_model("hf-hub:...", pretrained=True): model_args and the pretrained cfg
+    # (num_classes, in_chans, a fixed img_size) make the config and keyword overrides win; a new
+    # num_classes gets a fresh head and a new img_size a resampled pos_embed.
+    family, fields, pretrained_cfg = hub.hub_model_config(name, cache_dir)
+    source = validate.model_config(family, fields, f"{name} ({io.CONFIG_NAME})")
+    cfg = type(source).from_dict({**source.to_dict(), **overrides}) if overrides else source
+    model = _build(family, cfg, dtype)
+    if checkpoint_path is None:
+        checkpoint_path = hub.pretrained_checkpoint(pretrained_cfg, cache_dir)
+    resample = "img_size" in overrides
+    variables = load_checkpoint(
+        model,
+        checkpoint_path,
+        new_head="num_classes" in overrides,
+        seed=seed,
+        what=f"{name} ({checkpoint_path})",
+        resample_pos_embed=resample,
+        source_grid=getattr(source, "grid_size", None) if resample else None,
+        allow_nonfinite=allow_nonfinite,
+    )
+    return model, variables
+
+
 def create_model(
     name: str,
     pretrained: bool = False,
@@ -198,18 +231,24 @@ def create_model(
     seed: int = 0,
     dtype: Any = jnp.float32,
     allow_nonfinite: bool = False,
+    cache_dir: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> tuple[Model, Variables]:
-    """Model by timm name ('arch[.tag]'): random init, checkpoint_path, or pretrained (HF cache)."""
-    # An img_size override (or pretrained=True) resamples the checkpoint's pos_embed like timm.
+    """Model by timm name ('arch[.tag]' or 'hf-hub:org/repo[@rev]'), random or with weights."""
+    # pretrained=True downloads timm's weights from the Hugging Face hub as timm does (cache_dir,
+    # else HF_HUB_CACHE, holds them). An img_size override (or pretrained=True) resamples the
+    # checkpoint's pos_embed like timm.
     if name.startswith("local-dir:"):  # a save_pretrained folder, or one in timm's hub layout
         if overrides or checkpoint_path is not None:
             raise ValueError(f"{name}: a local-dir: model takes no overrides or checkpoint_path")
         return load_pretrained(name, dtype=dtype, allow_nonfinite=allow_nonfinite)
+    if hub.is_hub_name(name):  # always the repo's weights (timm's hf-hub: with pretrained=True)
+        args = (checkpoint_path, seed, dtype, allow_nonfinite, cache_dir, overrides)
+        return _create_from_hub(name, *args)
     family, arch, tag = registry.resolve(name)
     defaults = _pretrained_defaults(name) if pretrained or tag else {}
     if pretrained and checkpoint_path is None:
-        checkpoint_path = hub.pretrained_checkpoint(name)
+        checkpoint_path = hub.pretrained_checkpoint(name, cache_dir)
     if checkpoint_path is None:
         model = _build(family, registry.get_config(name, **{**defaults, **overrides}), dtype)
         return model, init_variables(model, seed)

@@ -13,6 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from vitjax.util import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    IMAGENET_INCEPTION_MEAN,
+    IMAGENET_INCEPTION_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+)
+
 # timm.models modules whose deprecations these tables hold (all build VisionTransformer).
 TIMM_MODULES = ("vision_transformer", "deit", "vision_transformer_hybrid")
 PRETRAINED_FIELDS = (
@@ -20,9 +29,9 @@ PRETRAINED_FIELDS = (
     "interpolation",
 )  # fmt: skip
 
-_INCEPTION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-_IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-_CLIP = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+_INCEPTION = dict(mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD)
+_IMAGENET = dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+_CLIP = dict(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
 
 
 def _cfg(

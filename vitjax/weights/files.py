@@ -157,7 +157,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return clean_state_dict(load_safetensors(path))
-    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+    if suffix in (".pth", ".pt", ".bin", ".ckpt", ".tar"):
         return clean_state_dict(load_torch_file(path))
     if suffix == ".npz":
         return load_npz(path)
