@@ -5,6 +5,12 @@ device (data parallel; --batch-size must divide by their number). Writes OUT/met
 OUT/curves.png, OUT/checkpoints/ (orbax, every epoch) and OUT/model/ (save_pretrained:
 config.json + model.safetensors, timm keys). --resume continues OUT's run with its saved
 settings; only the flags typed on the command line change them (epochs, workers, keep, progress).
+It refuses when the data's listing differs from the run's (OUT/data_fingerprint.json) unless
+--allow-data-change. One run at a time per OUT (OUT/run.lock names the holder).
+
+Ctrl-C finishes the epoch and saves its checkpoint (exit 130); SIGTERM abandons the epoch at its
+next batch, keeping the last checkpoint (exit 143, 128 + SIGTERM, as a shell reports a process
+SIGTERM ended); a second signal stops at once. Either way one line says what was kept.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 
-from vitjax.training.run import OPTIMIZERS, RunConfig, train_and_evaluate
+from vitjax.training.run import OPTIMIZERS, RunConfig, TrainingTerminated, train_and_evaluate
 from vitjax.training.schedules import SCHEDULES
 
 SCHEDULE_ARGS = ("t_max", "eta_min", "step_size", "gamma", "warmup_epochs")
@@ -129,6 +135,9 @@ def parser() -> argparse.ArgumentParser:
     a("--out", default=d.out, help="run directory")
     a("--resume", action="store_true", help="continue the run in --out where it stopped")
     a("--overwrite", action="store_true", help="replace a run already in --out")
+    a("--allow-data-change", action="store_true",
+      help="--resume even though the data folder's listing changed since the run started "
+      "(its train/val split changes; default: refuse, saying what changed)")  # fmt: skip
     a("--no-progress", dest="progress", action="store_false",
       help="no progress bars (default: progress bars)")  # fmt: skip
     return p
@@ -175,7 +184,7 @@ def run(args: argparse.Namespace, given: set[str] | None = None) -> None:
         raise SystemExit(f"{PROG}: error: {e}") from e
     except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM: the last epoch's checkpoint is saved
         print(f"{PROG}: {e or 'interrupted'}", file=sys.stderr)
-        raise SystemExit(130) from e
+        raise SystemExit(143 if isinstance(e, TrainingTerminated) else 130) from e
 
 
 def main(argv: list[str] | None = None) -> None:

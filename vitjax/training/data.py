@@ -9,8 +9,15 @@ worker count, so training resumes exactly at an epoch boundary.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import json
 import math
 import os
+import signal
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,33 +65,99 @@ def find_classes(root: str | os.PathLike) -> list[str]:
     return classes
 
 
-def _class_files(class_dir: str, extensions: tuple[str, ...]) -> list[str]:
-    """Return image paths under ``class_dir`` in torchvision's walk order."""
+def _class_files(
+    class_dir: str, extensions: tuple[str, ...], seen_dirs: set[str], seen_files: set[str],
+    root_real: str,
+) -> tuple[list[str], list[str]]:  # fmt: skip
+    """Image paths under ``class_dir`` in torchvision's walk order, and the links not followed.
+
+    Links are followed like ``os.walk(followlinks=True)``, but each real folder and file counts
+    once (``seen_*`` hold real paths, shared between class folders): a link back to an ancestor
+    (a loop), to a folder already listed, or into another class's folder is skipped, so the
+    walk is linear in the tree and no image gets another class's label.
+    """
+    found: list[tuple[str, list[tuple[str, str]]]] = []  # (folder, [(name, real path)])
+    skipped: list[str] = []
+    class_real = os.path.realpath(class_dir)
+    stack = [(class_dir, class_real)]
+    while stack:
+        path, real = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:  # unreadable folder: os.walk skips it too
+            continue
+        files, subdirs = [], []
+        for entry in entries:
+            linked = entry.is_symlink()
+            target = os.path.realpath(entry.path) if linked else os.path.join(real, entry.name)
+            if not _is_dir(entry):
+                files.append((entry.name, target))
+            elif (
+                target in seen_dirs
+                or _is_ancestor(target, real)
+                or (_is_ancestor(root_real, target) and not _is_ancestor(class_real, target))
+            ):
+                skipped.append(entry.path)
+            else:
+                seen_dirs.add(target)
+                subdirs.append((entry.path, target))
+        found.append((path, files))
+        stack.extend(reversed(subdirs))
     paths = []
-    for dirpath, _, fnames in sorted(os.walk(class_dir, followlinks=True)):
-        for fname in sorted(fnames):
-            path = os.path.join(dirpath, fname)
-            if path.lower().endswith(extensions):
-                paths.append(path)
-    return paths
+    for dirpath, files in sorted(found):
+        for name, target in files:
+            if name.lower().endswith(extensions) and target not in seen_files:
+                seen_files.add(target)
+                paths.append(os.path.join(dirpath, name))
+    return paths, skipped
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Whether an entry is a folder or a link to one (os.walk's test)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_ancestor(path: str, of: str) -> bool:
+    """Whether real path ``path`` is ``of`` or a folder above it."""
+    return of == path or of.startswith(path.rstrip(os.sep) + os.sep)
 
 
 def list_image_folder(
     root: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSIONS
 ) -> tuple[list[str], list[int], list[str]]:
-    """Return ``(paths, labels, class_names)`` of ``ROOT/<class>/**/<image>``, like ImageFolder."""
+    """Return ``(paths, labels, class_names)`` of ``ROOT/<class>/**/<image>``, like ImageFolder.
+
+    Symbolic links are followed; each real folder and file is listed once (a warning names the
+    links that loop or repeat a folder).
+    """
     root = os.fspath(root)
     extensions = tuple(ext.lower() for ext in extensions)
     classes = find_classes(root)
+    root_real = os.path.realpath(root)
+    seen_dirs = {os.path.realpath(os.path.join(root, name)) for name in ["", *classes]}
+    seen_files: set[str] = set()
     paths: list[str] = []
     labels: list[int] = []
-    empty = []
+    empty, skipped = [], []
     for label, name in enumerate(classes):
-        found = _class_files(os.path.join(root, name), extensions)
+        found, links = _class_files(
+            os.path.join(root, name), extensions, seen_dirs, seen_files, root_real
+        )
+        skipped += links
         if not found:
             empty.append(name)
         paths += found
         labels += [label] * len(found)
+    if skipped:
+        warnings.warn(
+            f"data folder {root}: {len(skipped)} linked folders not followed (each loops back, "
+            f"repeats a folder already listed or leads into another class), e.g. {skipped[0]}",
+            stacklevel=2,
+        )
     if not paths:
         raise ValueError(f"data folder {root} has no images with extensions {extensions}")
     if empty:
@@ -201,6 +274,52 @@ def load_digits_dataset() -> ImageDataset:
     return ImageDataset(rgb, digits.target, tuple(str(c) for c in range(10)))
 
 
+def fingerprint(ds: ImageDataset, root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The identity of a dataset's listing, JSON-ready: sha256 and image counts per class.
+
+    Hashes the class names and, in order, each (label, path relative to ``root``) (array
+    datasets: the image bytes); file contents are not read. The split and the labels depend
+    on exactly this, so equal fingerprints give the same train/val split.
+    """
+    h = hashlib.sha256(json.dumps(list(ds.class_names)).encode())
+    if isinstance(ds.images, np.ndarray):
+        images = np.ascontiguousarray(ds.images)
+        h.update(f"{images.dtype.str}{images.shape}".encode())
+        h.update(memoryview(images.reshape(-1).view(np.uint8)))
+        h.update(np.ascontiguousarray(ds.labels, "<i4").tobytes())
+    else:
+        for path, label in zip(ds.images, ds.labels, strict=True):
+            rel = os.path.relpath(path, root) if root is not None else path
+            h.update(b"%d\t%s\n" % (label, os.fsencode(rel)))
+    counts = np.bincount(ds.labels, minlength=len(ds.class_names))
+    return {
+        "sha256": h.hexdigest(),
+        "num_images": len(ds),
+        "class_counts": {name: int(n) for name, n in zip(ds.class_names, counts, strict=True)},
+    }
+
+
+def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What differs between two fingerprints, in words ('' when they are equal)."""
+    if old.get("sha256") == new.get("sha256"):
+        return ""
+    before, after = old.get("class_counts") or {}, new.get("class_counts") or {}
+    parts = []
+    if gone := [c for c in before if c not in after]:
+        parts.append(f"classes removed: {', '.join(gone)}")
+    if added := [c for c in after if c not in before]:
+        parts.append(f"classes added: {', '.join(added)}")
+    changed = [
+        f"{c} {before[c]} -> {after[c]}" for c in after if c in before and before[c] != after[c]
+    ]
+    if changed:
+        parts.append(f"images per class: {', '.join(changed)}")
+    total = f"{old.get('num_images', '?')} -> {new.get('num_images', '?')} images"
+    if not parts:
+        parts.append("same classes and counts, but other files or another order")
+    return f"{total}; {'; '.join(parts)}"
+
+
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Return disjoint seeded ``(train, val)`` index arrays covering ``range(n)``.
 
@@ -243,22 +362,78 @@ class _LoadExample:
         return {"image": np.asarray(image, np.float32), "label": np.int32(label)}
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @dataclass(frozen=True)
 class Loader:
     """One epoch of batches: iterate for ``{"image", "label"}`` dicts; ``len`` is the batch count.
 
     ``iter(loader)`` returns a grain ``DatasetIterator`` (``get_state`` / ``set_state`` resume
-    inside the epoch).
+    inside the epoch). With worker processes, Ctrl-C and SIGTERM are the main process's alone:
+    the workers start with them blocked, then ignore them, and end when the loader is closed.
     """
 
     dataset: grain.IterDataset
     num_batches: int
+    workers: int = 0
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return iter(self.dataset)
+        if not self.workers or threading.current_thread() is not threading.main_thread():
+            return iter(self.dataset)
+        return _MainProcessSignals(self.dataset)
+
+
+class _MainProcessSignals:
+    """A grain iterator whose start (threads, worker processes) runs with Ctrl-C and SIGTERM
+    blocked: the workers inherit the mask, so a signal to the whole process group reaches
+    only the main process's handler. Other attributes (get_state, close) are the iterator's."""
+
+    def __init__(self, dataset: grain.IterDataset) -> None:
+        with _blocked(STOP_SIGNALS):
+            self._it = iter(dataset)
+        self._started = False
+
+    def __iter__(self) -> _MainProcessSignals:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._started:
+            return next(self._it)
+        self._started = True
+        with _blocked(STOP_SIGNALS):
+            return next(self._it)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._it, name)
+
+
+@contextlib.contextmanager
+def _blocked(signals: Sequence[int]) -> Iterator[None]:
+    """Signals held back in this thread (and in what it starts) for the duration."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _quiet_worker(index: int, count: int, parent: int) -> None:
+    """grain worker set-up: leave Ctrl-C and SIGTERM to the main process (pid parent); end
+    with it."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def watch() -> None:  # a main process killed with -9 leaves no one to stop the workers
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="vitjax-parent-watch").start()
 
 
 def _mark_absl_flags_parsed() -> None:
@@ -310,5 +485,7 @@ def make_loader(
     it_ds = ds.to_iter_dataset(read)
     if worker_count > 0:
         _mark_absl_flags_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return Loader(it_ds, num_batches)
+        options = grain.MultiprocessingOptions(num_workers=worker_count)
+        init = functools.partial(_quiet_worker, parent=os.getpid())  # not getppid: it may be 1
+        it_ds = it_ds.mp_prefetch(options, worker_init_fn=init)
+    return Loader(it_ds, num_batches, worker_count)

@@ -1,17 +1,20 @@
 """A whole training run, as the train CLI runs it: RunConfig and train_and_evaluate.
 
-Run folder (metrics.jsonl, curves.png, orbax checkpoints, model/), resume, Ctrl-C, data, model
-and optimizer from the config.
+Run folder (metrics.jsonl, curves.png, orbax checkpoints, model/, the data's fingerprint, a lock
+while a run writes it), resume, Ctrl-C and SIGTERM, data, model and optimizer from the config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import shutil
 import signal
 import threading
+import types
+import typing
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +79,12 @@ class RunConfig:
     progress: bool = True
     resume: bool = False
     overwrite: bool = False
+    allow_data_change: bool = False
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            check_type(f.name, getattr(self, f.name), hints[f.name])
         for name in ("epochs", "batch_size", "keep", "img_size", "num_classes"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -98,7 +105,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        """Inverse of to_dict; unknown keys are an error naming them."""
+        """Inverse of to_dict; unknown keys, wrong types and values are errors naming the field."""
         d = {k: v for k, v in d.items() if k != "cpu_devices"}  # a CLI setting in older runs
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
@@ -107,6 +114,39 @@ class RunConfig:
         if "crop_scale" in d:
             d["crop_scale"] = tuple(d["crop_scale"])
         return cls(**d)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON-like value fits a field's type hint (bool is not an int; a list fits a
+    tuple); hints other than these builtins, unions, dict and tuple are not checked."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint in (bool, str):
+        return isinstance(value, hint)
+    if hint in (int, float):
+        kind = numbers.Integral if hint is int else numbers.Real
+        return isinstance(value, kind) and not isinstance(value, bool)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if origin is tuple:
+        return (
+            isinstance(value, (tuple, list))
+            and len(value) == len(args)
+            and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+        )
+    return True
+
+
+def check_type(name: str, value: Any, hint: Any) -> None:
+    """Raise a TypeError naming the field when value does not fit its type hint."""
+    if not _fits(value, hint):
+        expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+        raise TypeError(f"field {name!r}: expected {expected}, got {value!r}")
 
 
 def _log(msg: str, cfg: RunConfig) -> None:
@@ -139,10 +179,16 @@ def resumed_config(cfg: RunConfig, given: Iterable[str] | None = None) -> RunCon
     saved_path = Path(cfg.out) / ck.RUN_CONFIG_NAME
     if not cfg.resume or not saved_path.is_file():
         return cfg
-    saved = RunConfig.from_dict(ck.read_json(saved_path))
+    try:
+        saved = RunConfig.from_dict(ck.read_json(saved_path))
+    except (TypeError, ValueError) as e:  # a field of the file (read_json's name it already)
+        raise ValueError(e if str(saved_path) in str(e) else f"{saved_path}: {e}") from None
     changed = _given(cfg, given) & set(RESUME_OVERRIDES)
     keep = {k: getattr(cfg, k) for k in changed}
-    return dataclasses.replace(saved, **keep, out=cfg.out, resume=True, overwrite=False)
+    return dataclasses.replace(
+        saved, **keep, out=cfg.out, resume=True, overwrite=False,
+        allow_data_change=cfg.allow_data_change,  # this invocation's, never the saved one
+    )  # fmt: skip
 
 
 def prepare_run_dir(cfg: RunConfig, given: Iterable[str] | None = None) -> RunConfig:
@@ -159,7 +205,9 @@ def prepare_run_dir(cfg: RunConfig, given: Iterable[str] | None = None) -> RunCo
         if not saved_path.is_file():
             raise FileNotFoundError(f"--resume: {saved_path} missing; nothing to resume in {out}")
         resumed = resumed_config(cfg, given)
-        for name in sorted(_given(cfg, given) - set(RESUME_OVERRIDES) - {"resume", "out"}):
+        check_model_args(resumed, str(saved_path))
+        per_call = {"resume", "out", "allow_data_change"}
+        for name in sorted(_given(cfg, given) - set(RESUME_OVERRIDES) - per_call):
             if getattr(cfg, name) != getattr(resumed, name):
                 warnings.warn(
                     f"--resume keeps the run's {name}={getattr(resumed, name)!r} "
@@ -174,34 +222,102 @@ def prepare_run_dir(cfg: RunConfig, given: Iterable[str] | None = None) -> RunCo
             f"{out} already holds a run: pass --resume to continue it, "
             "--overwrite to replace it, or another --out"
         )
+    check_model_args(cfg, "--model-args")
     return dataclasses.replace(cfg, schedule_epochs=cfg.schedule_epochs or cfg.epochs)
 
 
-def commit_run_dir(cfg: RunConfig) -> None:
-    """Start writing OUT: a new run clears what an old one left there; run_config.json saved."""
+def check_model_args(cfg: RunConfig, source: str) -> None:
+    """Raise a one-line ValueError naming source and the field when cfg.model_args (and
+    --img-size) do not make a valid config of the model: unknown field, wrong type or value."""
+    from vitjax.registry import get_config
+    from vitjax.weights import files as io
+
+    from_dir = cfg.init is not None and (Path(cfg.init) / io.CONFIG_NAME).is_file()
+    kind = ViTConfig if from_dir else type(get_config(cfg.model))  # unknown names: their error
+    hints = typing.get_type_hints(kind)
+    for key, value in cfg.model_args.items():
+        if key not in hints:
+            raise ValueError(f"{source}: model_args: {key!r} is not a field of {kind.__name__}")
+        try:
+            check_type(f"model_args.{key}", value, hints[key])
+        except TypeError as e:
+            raise ValueError(f"{source}: {e}") from None
+    if from_dir:
+        return  # the --init folder's config.json decides the rest; it is checked when read
+    try:
+        get_config_for_run(cfg)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: model_args: {e}") from None
+    except ArithmeticError as e:  # e.g. embed_dim % num_heads with num_heads=0
+        zeros = [f"model_args.{k}=0" for k, v in cfg.model_args.items() if _fits(v, int) and not v]
+        raise ValueError(f"{source}: {', '.join(zeros) or 'model_args'}: invalid ({e})") from None
+
+
+def commit_run_dir(cfg: RunConfig, fingerprint: dict[str, Any] | None = None) -> None:
+    """Start writing OUT: a new run clears what an old one left there; run_config.json (and the
+    data's fingerprint, when given) saved."""
     from vitjax.training import checkpoints as ck
 
     out = Path(cfg.out)
     if not cfg.resume:
-        for name in (ck.CHECKPOINT_DIR, ck.MODEL_DIR):
+        for name in (ck.CHECKPOINT_DIR, ck.MODEL_DIR, ck.CORRUPT_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in (ck.METRICS_NAME, ck.CURVES_NAME):
+        for name in (ck.METRICS_NAME, ck.CURVES_NAME, ck.DATA_NAME):
             (out / name).unlink(missing_ok=True)
     ck.write_json(out / ck.RUN_CONFIG_NAME, cfg.to_dict())
+    if fingerprint is not None:
+        ck.write_json(out / ck.DATA_NAME, {"data": cfg.data, **fingerprint})
+
+
+def load_dataset(cfg: RunConfig) -> Any:
+    """The whole image folder (unreadable images left out with --skip-bad), or the digits."""
+    from vitjax.training import data
+
+    if not cfg.data:
+        return data.load_digits_dataset()
+    full = data.ImageDataset.from_folder(cfg.data, skip_bad=cfg.skip_bad)
+    if full.num_skipped:
+        _log(f"skipped {full.num_skipped} unreadable images (--skip-bad)", cfg)
+    return full
+
+
+def split_dataset(cfg: RunConfig, full: Any) -> tuple[Any, Any, tuple[str, ...]]:
+    """Seeded (train, val) split of a dataset, and its class names."""
+    from vitjax.training import data
+
+    train_idx, val_idx = data.split_indices(len(full), cfg.val_fraction, cfg.seed)
+    return full.subset(train_idx), full.subset(val_idx), full.class_names
 
 
 def load_datasets(cfg: RunConfig) -> tuple[Any, Any, tuple[str, ...]]:
     """Seeded (train, val) split of the image folder, or of the embedded digits."""
+    return split_dataset(cfg, load_dataset(cfg))
+
+
+def check_data(cfg: RunConfig, fingerprint: dict[str, Any]) -> str:
+    """--resume: the data's listing against the run's fingerprint; a change is an error saying
+    what changed, unless cfg.allow_data_change. Returns a line for the log ('' for none)."""
+    from vitjax.training import checkpoints as ck
     from vitjax.training import data
 
-    if cfg.data:
-        full = data.ImageDataset.from_folder(cfg.data, skip_bad=cfg.skip_bad)
-        if full.num_skipped:
-            _log(f"skipped {full.num_skipped} unreadable images (--skip-bad)", cfg)
-    else:
-        full = data.load_digits_dataset()
-    train_idx, val_idx = data.split_indices(len(full), cfg.val_fraction, cfg.seed)
-    return full.subset(train_idx), full.subset(val_idx), full.class_names
+    path = Path(cfg.out) / ck.DATA_NAME
+    if not cfg.resume:
+        return ""
+    if not path.is_file():
+        return f"note: no {path} (a run from an older vitjax): recording the data's listing now"
+    change = data.describe_change(ck.read_json(path), fingerprint)
+    if not change:
+        return ""
+    where = f"data folder {cfg.data}" if cfg.data else "the embedded digits"
+    if not cfg.allow_data_change:
+        raise ValueError(
+            f"--resume: {where} changed since the run started ({change}); its train/val split "
+            "and labels would change: restore the data, or pass --allow-data-change"
+        )
+    return (
+        f"warning: {where} changed since the run started ({change}); resuming on the new "
+        "listing (--allow-data-change): the train/val split differs from the earlier epochs'"
+    )
 
 
 def model_overrides(cfg: RunConfig) -> dict[str, Any]:
@@ -340,14 +456,27 @@ def train_and_evaluate(cfg: RunConfig, given: Iterable[str] | None = None) -> li
 
     With cfg.resume, OUT's saved settings are kept except the resumable fields (epochs, workers,
     progress, keep) the caller set: given names them (the CLI passes the flags typed); None means
-    those that differ from RunConfig's defaults.
+    those that differ from RunConfig's defaults. OUT is locked while the run writes it: a second
+    run into it fails naming the holder (pid, host, start time).
     """
-    from vitjax.factory import count_params, param_shapes, save_pretrained
     from vitjax.training import checkpoints as ck
 
     maybe_initialize_distributed()
     mesh = make_mesh()
     check_batch_size(cfg.batch_size, mesh)
+    lock = ck.RunLock(cfg.out, enabled=jax.process_index() == 0)
+    with lock:
+        if lock.previous:
+            _log(f"note: taking over {lock.path}, left by {lock.describe(lock.previous)}", cfg)
+        return _run(cfg, given, mesh)
+
+
+def _run(cfg: RunConfig, given: Iterable[str] | None, mesh: Any) -> list[dict[str, Any]]:
+    """train_and_evaluate once OUT is locked."""
+    from vitjax.factory import count_params, param_shapes, save_pretrained
+    from vitjax.training import checkpoints as ck
+    from vitjax.training import data
+
     cfg = prepare_run_dir(cfg, given)
     out = Path(cfg.out)
     if cfg.epochs > (cfg.schedule_epochs or cfg.epochs):
@@ -356,16 +485,19 @@ def train_and_evaluate(cfg: RunConfig, given: Iterable[str] | None = None) -> li
             "epochs (set it with --t-max/--step-size when starting a run)",
             cfg,
         )
-    start = 0
+    start, history = 0, []
     if cfg.resume:
-        ckpts = out / ck.CHECKPOINT_DIR
-        start = ck.Checkpointer(ckpts, cfg.keep).latest_epoch() if ckpts.is_dir() else None
+        start = _latest_epoch(out / ck.CHECKPOINT_DIR, cfg.keep)
         if not start:
             raise FileNotFoundError(
                 f"--resume: no checkpoint in {out / ck.CHECKPOINT_DIR} (the run stopped before "
                 "its first epoch ended, or the folder was removed); start it again with --overwrite"
             )
-    train_ds, val_ds, class_names = load_datasets(cfg)
+        history = ck.read_metrics(out / ck.METRICS_NAME)  # a bad line fails before any write
+    full = load_dataset(cfg)
+    fingerprint = data.fingerprint(full, cfg.data)
+    data_note = check_data(cfg, fingerprint)
+    train_ds, val_ds, class_names = split_dataset(cfg, full)
     model, variables, pretrained_cfg = build_model(cfg, len(class_names), weights=not start)
     data_config = data_config_for(cfg, model, pretrained_cfg)
     train_data, val_data = make_loaders(cfg, train_ds, val_ds, data_config)
@@ -378,8 +510,9 @@ def train_and_evaluate(cfg: RunConfig, given: Iterable[str] | None = None) -> li
     else:
         state = create_train_state(model, variables, tx, cfg.label_smoothing)
     ck.check_free_space(out, _checkpoint_bytes(state) * (cfg.keep + 2))
-    commit_run_dir(cfg)  # everything checked: only now is OUT written (and an old run cleared)
-    ckpt = ck.Checkpointer(out / ck.CHECKPOINT_DIR, cfg.keep)
+    commit_run_dir(cfg, fingerprint)  # everything checked: only now is OUT written
+    if data_note:
+        _log(data_note, cfg)
     _log(
         f"{cfg.data or 'digits'}: {len(train_ds)} train / {len(val_ds)} val, "
         f"{len(class_names)} classes; model {count_params(variables):,} params; "
@@ -387,28 +520,27 @@ def train_and_evaluate(cfg: RunConfig, given: Iterable[str] | None = None) -> li
         f"{cfg.optimizer} lr {cfg.lr:g}, schedule {describe_schedule(cfg)}",
         cfg,
     )
-    history = []
-    if start:
-        state, _ = ckpt.restore(state, start, sharding=NamedSharding(mesh, PartitionSpec()))
-        history = [r for r in ck.read_metrics(out / ck.METRICS_NAME) if r["epoch"] <= start]
-        _log(f"resumed from {out / ck.CHECKPOINT_DIR} after epoch {start}", cfg)
-
+    ckpt = ck.Checkpointer(out / ck.CHECKPOINT_DIR, cfg.keep)
     stop = _StopRequest(cfg)
-
-    def on_epoch_end(state: TrainState, record: dict[str, Any]) -> None:
-        history.append(record)
-        ckpt.save(record["epoch"], state, {"epoch": record["epoch"]})
-        ck.write_metrics(out / ck.METRICS_NAME, history)
-        _log(format_record(record), cfg)
-        if stop.requested and record["epoch"] < cfg.epochs:
-            raise TrainingInterrupted(f"interrupted after epoch {record['epoch']}")
-
     try:
+        if start:
+            state, start = _restore(ckpt, state, start, mesh, cfg)
+            history = [r for r in history if r["epoch"] <= start]
+            _log(f"resumed from {out / ck.CHECKPOINT_DIR} after epoch {start}", cfg)
+
+        def on_epoch_end(state: TrainState, record: dict[str, Any]) -> None:
+            history.append(record)
+            ckpt.save(record["epoch"], state, {"epoch": record["epoch"]})
+            ck.write_metrics(out / ck.METRICS_NAME, history)
+            _log(format_record(record), cfg)
+            if record["epoch"] < cfg.epochs:
+                stop.after_epoch(record["epoch"])
+
         with stop:
             state, _ = fit(
                 state,
-                train_data,
-                val_data,
+                stop.guard(train_data),
+                stop.guard(val_data),
                 cfg.epochs,
                 batch_size=cfg.batch_size,
                 rng=jax.random.PRNGKey(cfg.seed),
@@ -438,31 +570,135 @@ def train_and_evaluate(cfg: RunConfig, given: Iterable[str] | None = None) -> li
     return history
 
 
+def _latest_epoch(directory: Path, keep: int) -> int | None:
+    """The newest complete checkpoint's epoch in directory (None: none, or no directory)."""
+    from vitjax.training import checkpoints as ck
+
+    if not directory.is_dir():
+        return None
+    ckpt = ck.Checkpointer(directory, keep)
+    try:
+        return ckpt.latest_epoch()
+    finally:
+        ckpt.close()
+
+
+def _restore(ckpt: Any, state: Any, start: int, mesh: Any, cfg: RunConfig) -> tuple[Any, int]:
+    """(state, epoch) of the newest good checkpoint; newer damaged ones are named in the log
+    and moved to OUT/corrupt_checkpoints (out of the way of the epochs trained again)."""
+    from vitjax.training import checkpoints as ck
+
+    sharding = NamedSharding(mesh, PartitionSpec())
+    try:
+        state, _, epoch, problems = ckpt.restore_newest_good(state, sharding=sharding)
+    except ck.CheckpointCorruptError as e:
+        msg = f"--resume: {e}; start the run again with --overwrite"
+        raise ck.CheckpointCorruptError(msg) from None
+    for problem in problems:
+        _log(f"warning: {problem}", cfg)
+    if epoch != start:
+        aside = Path(cfg.out) / ck.CORRUPT_DIR
+        for damaged in [e for e in ckpt.epochs() if e > epoch]:
+            ckpt.set_aside(damaged, aside)
+        _log(
+            f"resuming from epoch {epoch}, the newest good checkpoint, instead of epoch {start} "
+            f"(the damaged checkpoints are kept in {aside})",
+            cfg,
+        )
+    return state, epoch
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) stopped a run; the message says what was kept and how to resume."""
 
 
+class TrainingTerminated(TrainingInterrupted):
+    """SIGTERM stopped a run (the epoch it interrupted is abandoned); the CLI exits with 143."""
+
+
 class _StopRequest:
-    """While active, a first SIGINT asks the run to stop after the epoch (its checkpoint saved);
-    a second one interrupts at once. Only in the main thread (signals go there)."""
+    """While active (main thread only: signals go there): a first Ctrl-C asks the run to stop
+    after the epoch, its checkpoint saved; SIGTERM abandons the epoch at its next batch (the last
+    checkpoint kept: whoever sends SIGTERM, a scheduler or a shutdown, kills soon after); a
+    second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, cfg: RunConfig) -> None:
-        self.cfg, self.requested, self._old = cfg, False, None
+        self.cfg, self.requested, self.terminated = cfg, False, False
+        self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
+        if self.requested or self.terminated:
+            raise TrainingTerminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if signum == signal.SIGTERM:
+            self.terminated = True  # acted on at the next batch, not inside a save
+            return
         self.requested = True
         _log("Ctrl-C: stopping after this epoch's checkpoint (Ctrl-C again: stop now)", self.cfg)
 
+    def check(self, epoch: int) -> None:
+        """Raise TrainingTerminated when SIGTERM came during epoch (1-based)."""
+        if self.terminated:
+            raise TrainingTerminated(f"terminated (SIGTERM) during epoch {epoch}")
+
+    def after_epoch(self, epoch: int) -> None:
+        """Raise the stop asked for during epoch, whose checkpoint is saved now."""
+        if self.terminated:
+            raise TrainingTerminated(f"terminated (SIGTERM) after epoch {epoch}")
+        if self.requested:
+            raise TrainingInterrupted(f"interrupted after epoch {epoch}")
+
+    def guard(self, data_fn: Callable[[int], Iterable[Any]]) -> Callable[[int], Iterable[Any]]:
+        """data_fn whose batches stop at the first one after SIGTERM, the loader closed."""
+
+        def guarded(epoch: int) -> Iterable[Any]:
+            batches = data_fn(epoch)
+            gen = self._batches(batches, epoch + 1)
+            return _Sized(gen, len(batches)) if hasattr(batches, "__len__") else gen
+
+        return guarded
+
+    def _batches(self, batches: Iterable[Any], epoch: int) -> Iterator[Any]:
+        it = iter(batches)
+        try:
+            while True:
+                self.check(epoch)
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                except Exception:
+                    self.check(epoch)  # a worker stopped by the same signal: not the cause
+                    raise
+                yield batch
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()  # worker processes end now, not at exit
+
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+class _Sized:
+    """An iterable with a length (for the progress bar)."""
+
+    def __init__(self, it: Iterable[Any], n: int) -> None:
+        self._it, self._n = it, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._it)
 
 
 def _checkpoint_bytes(state: Any) -> int:
@@ -478,10 +714,11 @@ def _stopped(err: BaseException, last: int | None, out: Path) -> BaseException:
         if last
         else "no checkpoint was written yet"
     )
-    reason = str(err) or "interrupted (Ctrl-C)"
     if isinstance(err, FloatingPointError):
-        return FloatingPointError(f"{reason}; {kept}")
-    return TrainingInterrupted(f"{reason}; {kept}")
+        return FloatingPointError(f"{err}; {kept}")
+    if isinstance(err, TrainingTerminated):
+        return TrainingTerminated(f"{err or 'terminated (SIGTERM)'}; {kept}")
+    return TrainingInterrupted(f"{err or 'interrupted (Ctrl-C)'}; {kept}")
 
 
 def _pretrained_cfg(data_config: Any) -> dict[str, Any]:
