@@ -36,6 +36,13 @@ from vitjax.layers import (
     make_norm,
     resample_abs_pos_embed,
 )
+from vitjax.layers.features import (
+    check_output_fmt,
+    collect_intermediates,
+    dynamic_feat_size,
+    feature_take_indices,
+    format_intermediates,
+)
 from vitjax.layers.rotary import apply_keep_indices_nlc, apply_rot_embed_cat, create_rope_embed
 from vitjax.models.common import (
     check_linear,
@@ -822,6 +829,80 @@ class Eva(nn.Module):
     ) -> jax.Array:
         x = self.forward_features(x, train, attn_mask, is_causal)
         return self.forward_head(x, pre_logits, train)
+
+    def forward_intermediates(
+        self,
+        x: jax.Array,
+        indices: int | Sequence[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NHWC",
+        intermediates_only: bool = False,
+        attn_mask: jax.Array | None = None,
+        is_causal: bool = False,
+        train: bool = False,
+    ) -> list[Any] | tuple[jax.Array, list[Any]]:
+        """timm's Eva.forward_intermediates: (final features, per-block features), or the list.
+
+        indices: the last n blocks if an int, all if None, else those indices (negative from the
+        end). Each intermediate is (B, H, W, C) for output_fmt "NHWC" (timm's "NCHW" transposed
+        by (0, 2, 3, 1)) or (B, H * W, C) for "NLC", normalised by the final norm if norm; with
+        return_prefix_tokens, a (patches, (B, num_prefix_tokens, C) prefix tokens) tuple. The
+        final features are forward_features' output (of block max(indices) with stop_early).
+        """
+        cfg = self.cfg
+        check_output_fmt(output_fmt)
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        _, height, width, _ = x.shape
+        x = self.patch_embed(x.astype(self.dtype))
+        x, rope = self._pos_embed(x, train)
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
+
+        def step(i: int, x: jax.Array) -> jax.Array:
+            r = rope[i] if self.rope_mixed and rope is not None else rope
+            return self.blocks[i](x, r, attn_mask, is_causal, train)
+
+        x, intermediates = collect_intermediates(
+            x, step, len(self.blocks), take_indices, max_index, stop_early,
+            self.norm if norm else None,
+        )  # fmt: skip
+        grid = dynamic_feat_size((height, width), cfg.patch_size, cfg.dynamic_img_pad)
+        intermediates = format_intermediates(
+            intermediates, cfg.num_prefix_tokens, grid, output_fmt, return_prefix_tokens
+        )
+        if intermediates_only:
+            return intermediates
+        return (self.norm(x) if self.norm is not None else x), intermediates
+
+    @nn.nowrap
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> tuple[Eva, list[int]]:
+        """timm's prune_intermediate_layers as a new model: (pruned model, indices it keeps).
+
+        The pruned model has only the blocks up to max(indices) (each keeping its drop-path
+        rate and kv heads), no final norm if prune_norm, and no head (fc_norm, attention pool,
+        classifier; global_pool "") if prune_head. Its variables are
+        ``vitjax.layers.features.prune_variables(variables, pruned_model)``.
+        """
+        cfg = self.cfg
+        take_indices, max_index = feature_take_indices(cfg.depth, indices)
+        depth = max_index + 1
+        changes: dict[str, Any] = dict(
+            depth=depth,
+            drop_path_rate=_drop_path_rates(cfg.drop_path_rate, cfg.depth)[max_index],
+            use_post_transformer_norm=cfg.post_norm_active and not prune_norm,
+        )
+        if isinstance(cfg.num_kv_heads, tuple):
+            changes["num_kv_heads"] = cfg.num_kv_heads[:depth]
+        if prune_head:
+            changes.update(num_classes=0, global_pool="", use_fc_norm=False)
+        return self.clone(parent=None, cfg=dataclasses.replace(cfg, **changes)), take_indices
 
 
 CONFIG = EvaConfig

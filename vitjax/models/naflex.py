@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,13 @@ from vitjax.layers import (
     dot_product_attention,
     make_norm,
     resample_abs_pos_embed,
+)
+from vitjax.layers.features import (
+    check_output_fmt,
+    collect_intermediates,
+    feature_take_indices,
+    format_intermediates,
+    shape_intermediates,
 )
 from vitjax.layers.naflex_embed import INTERP_MODES, POS_EMBED_TYPES, PROJ_TYPES, NaFlexEmbeds
 from vitjax.models.common import (
@@ -522,6 +529,112 @@ class NaFlexVit(nn.Module):
             raise ValueError("patch_coord and patch_valid are required in naflex mode")
         feats = self.forward_features(x, train, patch_coord, patch_valid, attn_mask)
         return self.forward_head(feats["patches"], pre_logits, train, feats["patch_valid"])
+
+    def forward_intermediates(
+        self,
+        x: Any,
+        indices: int | Sequence[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NHWC",
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+        train: bool = False,
+        patch_coord: jax.Array | None = None,
+        patch_valid: jax.Array | None = None,
+        attn_mask: jax.Array | None = None,
+    ) -> list[Any] | tuple[jax.Array, list[Any]] | dict[str, Any]:
+        """timm's forward_intermediates: (final features, per-block features), the list, or a dict.
+
+        indices: the last n blocks if an int, all if None, else those indices (negative from the
+        end). Each intermediate is (B, H, W, C) for output_fmt "NHWC" (timm's "NCHW" transposed
+        by (0, 2, 3, 1)) or (B, H * W, C) for "NLC", normalised by the final norm if norm; with
+        return_prefix_tokens, a (patches, (B, num_prefix_tokens, C) prefix tokens) tuple.
+        output_dict: timm's {"image_intermediates", "image_intermediates_prefix",
+        "image_features", "patch_valid"} instead. NaFlex batches (per-sample grids) give "NLC"
+        only, as in timm.
+        """
+        cfg = self.cfg
+        reshape = check_output_fmt(output_fmt)
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x, patch_coord, patch_valid, attn_mask = _naflex_inputs(
+            x, patch_coord, patch_valid, attn_mask
+        )
+        naflex = patch_coord is not None
+        if naflex and reshape:
+            raise ValueError(
+                'output_fmt="NHWC" is not supported for NaFlex inputs (per-sample grids vary): '
+                'use "NLC" and place tokens by patch_coord'
+            )
+        drop = train and cfg.patch_drop_rate > 0
+        if naflex and drop and not output_dict:
+            raise ValueError(
+                "NaFlex forward_intermediates with active patch dropout requires "
+                "output_dict=True to return the gathered patch_valid"
+            )
+        if not naflex:
+            check_images(x, cfg.in_chans)
+        x, grid = self.embeds(x, patch_coord, train)
+        if drop:
+            x, patch_valid = self._patch_drop(x, patch_valid)
+        if attn_mask is None:
+            key_only = cfg.use_key_only_attn_mask
+            attn_mask = create_attention_mask(
+                patch_valid, cfg.num_prefix_tokens, symmetric=not key_only,
+                q_len=1 if key_only else None, dtype=x.dtype,
+            )  # fmt: skip
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
+        x, intermediates = collect_intermediates(
+            x, lambda i, x: self.blocks[i](x, attn_mask, train), len(self.blocks),
+            take_indices, max_index, stop_early, self.norm if norm else None,
+        )  # fmt: skip
+        final = self.norm(x) if self.norm is not None else x
+        npt = cfg.num_prefix_tokens
+        if output_dict:
+            spatial, prefix = shape_intermediates(intermediates, npt, grid, output_fmt)
+            out: dict[str, Any] = {"image_intermediates": spatial}
+            if prefix is not None and return_prefix_tokens:
+                out["image_intermediates_prefix"] = prefix
+            if patch_valid is not None:
+                out["patch_valid"] = patch_valid
+            if not intermediates_only:
+                out["image_features"] = final
+            return out
+        intermediates = format_intermediates(
+            intermediates, npt, grid, output_fmt, return_prefix_tokens
+        )
+        return intermediates if intermediates_only else (final, intermediates)
+
+    @nn.nowrap
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> tuple[NaFlexVit, list[int]]:
+        """timm's prune_intermediate_layers as a new model: (pruned model, indices it keeps).
+
+        The pruned model has only the blocks up to max(indices) (each keeping its drop-path
+        rate), no final norm if prune_norm, and no head (fc_norm, attention pool, classifier;
+        global_pool "") if prune_head. Its variables are
+        ``vitjax.layers.features.prune_variables(variables, pruned_model)``.
+        """
+        cfg = self.cfg
+        take_indices, max_index = feature_take_indices(cfg.depth, indices)
+        rates = np.linspace(0.0, cfg.drop_path_rate, cfg.depth, dtype=np.float32)
+        # the norm that exists (norm, or fc_norm instead) is the one that pruning drops
+        dropped = prune_head if cfg._fc_norm else prune_norm
+        changes: dict[str, Any] = dict(
+            depth=max_index + 1,
+            drop_path_rate=float(rates[max_index]),
+            fc_norm=cfg._fc_norm,  # explicit: global_pool no longer implies it
+            final_norm=cfg.final_norm and not dropped,
+        )
+        if prune_head:
+            changes.update(num_classes=0, global_pool="")
+        return self.clone(parent=None, cfg=dataclasses.replace(cfg, **changes)), take_indices
 
 
 CONFIG = NaFlexVitConfig

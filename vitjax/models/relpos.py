@@ -11,7 +11,7 @@ constants), never variables, so exports hold exactly timm's state_dict keys.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from itertools import product
@@ -35,6 +35,13 @@ from vitjax.layers import (
     dot_product_attention,
     make_act,
     make_norm,
+)
+from vitjax.layers.features import (
+    check_output_fmt,
+    collect_intermediates,
+    dynamic_feat_size,
+    feature_take_indices,
+    format_intermediates,
 )
 from vitjax.models.common import (
     UnsupportedModelError,
@@ -75,7 +82,11 @@ BUFFERS = ("relative_position_index", "rel_coords_log")  # non-persistent in tim
 
 @dataclass(frozen=True)
 class RelPosConfig:
-    """Every option of a VisionTransformerRelPos, with timm's names and defaults."""
+    """Every option of a VisionTransformerRelPos, with timm's names and defaults.
+
+    ``final_norm=False`` (not a timm argument) drops both norm and fc_norm: what timm's
+    prune_intermediate_layers leaves after pruning the norm or the head.
+    """
 
     img_size: int | tuple[int, int] = 224
     patch_size: int | tuple[int, int] = 16
@@ -91,6 +102,7 @@ class RelPosConfig:
     init_values: float | None = 1e-6
     class_token: bool = False
     fc_norm: bool = False
+    final_norm: bool = True
     rel_pos_type: str = "mlp"
     rel_pos_dim: int | None = None
     shared_rel_pos: bool = False
@@ -570,8 +582,8 @@ class VisionTransformerRelPos(nn.Module):
             for rate in rates
         ]
         norm = lambda: make_norm(cfg.norm_layer, cfg.norm_eps, dt)  # noqa: E731
-        self.norm = norm() if not cfg.fc_norm else None
-        self.fc_norm = norm() if cfg.fc_norm else None
+        self.norm = norm() if cfg.final_norm and not cfg.fc_norm else None
+        self.fc_norm = norm() if cfg.final_norm and cfg.fc_norm else None
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = (
             Dense(cfg.num_classes, dtype=dt, impl=cfg.dense_impl) if cfg.num_classes > 0 else None
@@ -610,6 +622,70 @@ class VisionTransformerRelPos(nn.Module):
 
     def __call__(self, x: jax.Array, train: bool = False, pre_logits: bool = False) -> jax.Array:
         return self.forward_head(self.forward_features(x, train), pre_logits, train)
+
+    def forward_intermediates(
+        self,
+        x: jax.Array,
+        indices: int | Sequence[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NHWC",
+        intermediates_only: bool = False,
+        train: bool = False,
+    ) -> list[Any] | tuple[jax.Array, list[Any]]:
+        """timm's forward_intermediates: (final features, per-block features), or the list.
+
+        indices: the last n blocks if an int, all if None, else those indices (negative from the
+        end). Each intermediate is (B, H, W, C) for output_fmt "NHWC" (timm's "NCHW" transposed
+        by (0, 2, 3, 1)) or (B, H * W, C) for "NLC", normalised by the final norm if norm; with
+        return_prefix_tokens and a class token, a (patches, (B, 1, C) class token) tuple. The
+        final features are forward_features' output (of block max(indices) with stop_early).
+        """
+        cfg = self.cfg
+        check_output_fmt(output_fmt)
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        _, height, width, _ = x.shape
+        x = self._tokens(x)
+        shared_rel_pos = self._shared_bias(train)
+        x, intermediates = collect_intermediates(
+            x, lambda i, x: self.blocks[i](x, shared_rel_pos, train), len(self.blocks),
+            take_indices, max_index, stop_early, self.norm if norm else None,
+        )  # fmt: skip
+        grid = dynamic_feat_size((height, width), cfg.patch_size)
+        intermediates = format_intermediates(
+            intermediates, cfg.num_prefix_tokens, grid, output_fmt, return_prefix_tokens
+        )
+        if intermediates_only:
+            return intermediates
+        return (self.norm(x) if self.norm is not None else x), intermediates
+
+    @nn.nowrap
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> tuple[VisionTransformerRelPos, list[int]]:
+        """timm's prune_intermediate_layers as a new model: (pruned model, indices it keeps).
+
+        The pruned model has only the blocks up to max(indices) (each keeping its drop-path
+        rate), no final norm if prune_norm, and no head (fc_norm, classifier; global_pool "")
+        if prune_head. Its variables are
+        ``vitjax.layers.features.prune_variables(variables, pruned_model)``.
+        """
+        cfg = self.cfg
+        take_indices, max_index = feature_take_indices(cfg.depth, indices)
+        # the norm that exists (norm, or fc_norm instead) is the one that pruning drops
+        dropped = prune_head if cfg.fc_norm else prune_norm
+        changes: dict[str, Any] = dict(
+            depth=max_index + 1,
+            drop_path_rate=cfg.drop_path_rate * max_index / max(cfg.depth - 1, 1),
+            final_norm=cfg.final_norm and not dropped,
+        )
+        if prune_head:
+            changes.update(num_classes=0, global_pool="")
+        return self.clone(parent=None, cfg=dataclasses.replace(cfg, **changes)), take_indices
 
 
 # --- reading a live timm model ----------------------------------------------------------------
