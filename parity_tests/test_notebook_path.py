@@ -186,3 +186,24 @@ def test_resume_without_checkpoints_is_refused(tmp_path):
     assert (run / ck.MODEL_DIR / "model.safetensors").read_bytes() == model_before
     assert (run / ck.METRICS_NAME).read_text() == metrics_before
     json.loads((run / ck.RUN_CONFIG_NAME).read_text())  # still there, still valid
+
+
+# ----------------------------------------------------------------------------- 7. timm layout
+
+
+def test_train_model_folder_loads_in_timm_and_vitjax(tmp_path):
+    """vitjax-train's model/ is timm's hub layout: timm's local-dir: loader, the same logits."""
+    import timm
+
+    run = tmp_path / "run"
+    train_and_evaluate(RunConfig(out=str(run), epochs=1, **TINY_RUN))
+    folder = run / ck.MODEL_DIR
+    config = json.loads((folder / "config.json").read_text())
+    assert config["family"] == "vit" and "model_args" in config
+    net = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    model, variables = vitjax.create_model(f"local-dir:{folder}")
+    x = np.random.default_rng(0).standard_normal((2, 16, 16, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(np.asarray(model.apply(variables, x)), ref, atol=1e-5, rtol=1e-5)
+    assert net.pretrained_cfg["label_names"] == [str(i) for i in range(10)]

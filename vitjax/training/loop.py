@@ -21,6 +21,16 @@ from vitjax.training.sharding import (
 from vitjax.training.steps import Batch, Metrics, Schedule, TrainState
 
 
+def _pad(batch: Batch, batch_size: int, mesh: Mesh) -> Batch:
+    """A batch padded (and masked) to batch_size; a short last batch only to the device count.
+
+    Like torch's DataLoader, a short last batch runs at (about) its own size: one more compile
+    of the step, instead of computing the padding every epoch (a small folder's only batch).
+    """
+    n, d = len(batch["label"]), mesh.devices.size
+    return pad_batch(batch, min(batch_size, -(-n // d) * d))
+
+
 def _summarise(metrics: list[Metrics]) -> tuple[float, float]:
     """Example-weighted mean loss and accuracy of a list of step metrics."""
     got = jax.device_get(metrics)
@@ -57,7 +67,7 @@ def train_epoch(
     metrics = []
     bar = _bar(batches, desc, progress)
     for batch in bar:
-        state, m = step_fn(state, shard_batch(pad_batch(batch, batch_size), mesh), rng)
+        state, m = step_fn(state, shard_batch(_pad(batch, batch_size, mesh), mesh), rng)
         metrics.append(m)
         if progress and len(metrics) % 10 == 1:
             bar.set_postfix(loss=f"{float(m['loss']):.4f}")
@@ -75,7 +85,7 @@ def evaluate(
 ) -> tuple[float, float]:
     """Example-weighted mean loss and accuracy over batches."""
     metrics = [
-        eval_fn(state, shard_batch(pad_batch(b, batch_size), mesh))
+        eval_fn(state, shard_batch(_pad(b, batch_size, mesh), mesh))
         for b in _bar(batches, "val", progress)
     ]
     return _summarise(metrics)
