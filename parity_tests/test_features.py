@@ -26,7 +26,6 @@ import vitjax
 from parity_tests.helpers import nchw, randomize_, torch_state
 from parity_tests.parity import assert_close
 from vitjax.layers.features import feature_take_indices, format_intermediates, prune_variables
-from vitjax.models import eva, relpos
 from vitjax.weights import convert
 
 # --- feature_take_indices -----------------------------------------------------------------------
@@ -76,6 +75,24 @@ MODELS: dict[str, tuple[str, dict[str, Any], list[tuple[int, int]]]] = {
         dict(embed_dim=48, num_heads=3, img_size=(64, 48), rel_pos_dim=24, shared_rel_pos=True),
         [(64, 48)],
     ),
+    # ViT: class + distillation tokens (DeiT)
+    "vit_distilled": ("deit_tiny_distilled_patch16_224", dict(img_size=(32, 48)), [(32, 48)]),
+    # ViT: 4 register tokens, avg pool + fc_norm, dynamic size with padding (56 // 16 rounds up)
+    "vit_reg_gap_dynpad": (
+        "vit_base_patch16_reg4_gap_256",
+        dict(
+            embed_dim=48,
+            num_heads=3,
+            img_size=(48, 32),
+            dynamic_img_size=True,
+            dynamic_img_pad=True,
+        ),
+        [(40, 56)],
+    ),
+    # hybrid ViT: ResNetV2 stem with BatchNorm statistics, patch 8 on its stride-16 map
+    "vit_hybrid": ("vit_tiny_r_s16_p8_224", dict(img_size=(64, 32)), [(64, 32)]),
+    # NaFlexVit on images: MAP head over the patches, 1 register token
+    "naflex_map": ("naflexvit_base_patch16_map", dict(embed_dim=48, num_heads=3), [(48, 64)]),
 }
 
 
@@ -85,7 +102,6 @@ def _pair(config: str):
     name, kw, _ = MODELS[config]
     tm = timm.create_model(name, pretrained=False, depth=3, num_classes=5, drop_path_rate=0.1, **kw)
     model, variables = vitjax.from_timm(randomize_(tm, std=0.1))
-    assert isinstance(model, (eva.Eva, relpos.VisionTransformerRelPos))
     return tm, model, variables
 
 
@@ -109,6 +125,11 @@ def _torch_kwargs(kw: dict[str, Any], num_prefix_tokens: int) -> dict[str, Any]:
 
 def _compare(got: Any, want: Any, name: str) -> None:
     """Same nesting (tuples and lists), then every tensor; 4-D timm tensors are NCHW."""
+    if isinstance(want, dict):
+        assert sorted(got) == sorted(want), f"{name}: keys {sorted(got)} != {sorted(want)}"
+        for k in want:
+            _compare(got[k], want[k], f"{name}.{k}")
+        return
     if isinstance(want, (tuple, list)):
         assert type(got) is type(want), f"{name}: {type(got).__name__} != {type(want).__name__}"
         assert len(got) == len(want), f"{name}: {len(got)} entries, timm {len(want)}"
@@ -130,6 +151,7 @@ CASES: dict[str, dict[str, Any]] = {
         indices=[2, -3], return_prefix_tokens=True, norm=True, intermediates_only=True
     ),
     "stop_early_norm": dict(indices=[-2], stop_early=True, norm=True),
+    "dict_prefix": dict(indices=[0, -1], output_dict=True, return_prefix_tokens=True),
     "stop_early_nlc_only": dict(
         indices=1, stop_early=True, output_fmt="NLC", intermediates_only=True
     ),  # fmt: skip
@@ -139,6 +161,7 @@ RUNS = [
     for config, (_, _, sizes) in MODELS.items()
     for size in sizes
     for case in CASES
+    if case != "dict_prefix" or config.startswith(("vit_", "naflex_"))  # timm's output_dict
 ]
 
 
@@ -197,6 +220,10 @@ PRUNES = {
     "rope_mixed": ([1, 0], False, False),  # head kept; per-block rope freqs cut to 2 blocks
     "relpos_fcnorm": ([0, 1], False, True),  # fc_norm goes with the head
     "relpos_cls_shared": ([1], True, False),  # final norm goes, class-token head kept
+    "vit_distilled": ([1, 0], False, True),
+    "vit_reg_gap_dynpad": ([0], True, False),
+    "vit_hybrid": ([-2], True, True),
+    "naflex_map": ([0], False, True),
 }
 
 

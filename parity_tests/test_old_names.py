@@ -30,7 +30,6 @@ import vitjax
 from parity_tests.parity import assert_close
 from vitjax import registry
 from vitjax.models import deprecated
-from vitjax.models.common import UnsupportedModelError
 
 NOTEBOOK_FILE = Path(__file__).parent / "data" / "notebook_vit_models.txt"
 NOTEBOOK_LINES = NOTEBOOK_FILE.read_text().split()
@@ -137,13 +136,8 @@ def test_notebook_name_converts(name):
             registry.get_config(name, depth=1)
         return
     tm = _quiet_timm(name, meta=True, depth=1)
-    try:
-        family = registry.family_of_timm(tm)
-        got = registry.model_module(family).config_from_timm(tm)
-    except UnsupportedModelError as e:
-        if "HybridEmbed" in str(e):
-            pytest.xfail(f"hybrid CNN stem (vitjax's hybrid family is not in yet): {e}")
-        raise
+    family = registry.family_of_timm(tm)
+    got = registry.model_module(family).config_from_timm(tm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         want = registry.get_config(name, depth=1)

@@ -49,8 +49,6 @@ ALT_BLOCK_NAMES = [
 
 # timm names built on classes or parts vitjax does not mirror, and the part the refusal names.
 REFUSED = {
-    "vit_base_r50_s16_224": "HybridEmbed",
-    "vit_base_mci_224": "HybridEmbed",
     "beit3_base_patch16_224": "scale_attn_norm",
     "vit_relpos_base_patch16_224": "VisionTransformerRelPos",
     "vit_base_patch16_rope_224": "Eva",

@@ -1,145 +1,35 @@
-"""timm's HybridEmbed (CNN feature map -> ``proj`` conv -> tokens), its backbone configs, and the
-reader that turns a live timm HybridEmbed into those configs.
+"""timm's HybridEmbed (CNN feature map -> ``proj`` conv -> tokens), and the reader that turns a
+live timm HybridEmbed into its backbone config.
 
-The backbone configs are frozen dataclasses (hashable, so a model config can hold one), JSON through
-``backbone_to_dict`` / ``backbone_from_dict``; ``feature_info(img_size)`` is plain integer
-arithmetic (timm runs a forward pass for it), so a config can ask it without building anything.
-timm's HybridEmbed stores strict_img_size but never checks it; neither does this one.
+The backbone configs (frozen dataclasses, JSON through ``backbone_to_dict`` /
+``backbone_from_dict``, ``feature_info(img_size)`` as integer arithmetic) live in the jax-free
+``vitjax.models.hybrid_config`` and are re-exported here. timm's HybridEmbed stores
+strict_img_size but never checks it; neither does this one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vitjax.layers.cnn_stems import (
-    HYBRID_STD_CONV_EPS,
-    ResNet,
-    ResNetV2,
-    ResNetV2Stem,
-    conv_stem_layers,
-    make_divisible,
-)
+from vitjax.layers.cnn_stems import HYBRID_STD_CONV_EPS, make_divisible
 from vitjax.layers.helpers import Dtype, to_2tuple
 from vitjax.layers.linear import PatchConv
 from vitjax.layers.patch_embed import check_images
-from vitjax.layers.std_conv import axis_pads, conv_out_size
-
-Size = tuple[int, int]
-
-
-def _conv_size(hw: Size, k: int, s: int, padding: int | str | None) -> Size:
-    """(H, W) after a k x k, stride s convolution or pooling with timm's padding argument."""
-    return tuple(conv_out_size(n, k, s, axis_pads(padding, n, k, s)) for n in hw)  # type: ignore
-
-
-# --- Backbone configs ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ResNetV2Config:
-    """vision_transformer_hybrid._resnetv2(layers, padding_same): layers=() is the stem alone."""
-
-    kind: ClassVar[str] = "resnetv2"
-    layers: tuple[int, ...] = (3, 4, 9)
-    channels: tuple[int, ...] = (256, 512, 1024, 2048)
-    stem_chs: int = 64
-    padding_same: bool = True
-
-    def feature_info(self, img_size: int | Size) -> tuple[Size, int]:
-        """((H, W), channels) of the feature map for an image size."""
-        pad = "same" if self.padding_same else None
-        hw = _conv_size(to_2tuple(img_size), 7, 2, pad)  # stem conv
-        hw = _conv_size(hw, 3, 2, "same" if self.padding_same else 1)  # stem max pool
-        for _ in self.layers[1:]:
-            hw = _conv_size(hw, 3, 2, pad)  # the strided 3x3 of each later stage
-        chs = make_divisible(self.channels[len(self.layers) - 1]) if self.layers else self.stem_chs
-        return hw, chs
-
-    def build(self, dtype: Dtype) -> nn.Module:
-        """The Flax backbone (for the caller to assign as ``self.backbone`` in setup)."""
-        if not self.layers:
-            return ResNetV2Stem(self.stem_chs, self.padding_same, dtype=dtype)
-        return ResNetV2(self.layers, self.channels, self.stem_chs, self.padding_same, dtype=dtype)
-
-
-@dataclass(frozen=True)
-class ResNetConfig:
-    """timm resnet26d / resnet50d (Bottleneck, deep stem, avg_down) with features_only."""
-
-    kind: ClassVar[str] = "resnet"
-    layers: tuple[int, ...] = (2, 2, 2, 2)
-    channels: tuple[int, ...] = (64, 128, 256, 512)
-    stem_width: int = 32
-    out_indices: tuple[int, ...] = (4,)
-
-    def feature_info(self, img_size: int | Size) -> tuple[Size, int]:
-        """((H, W), channels) of the feature at max(out_indices) for an image size."""
-        n = max(self.out_indices)
-        hw = _conv_size(to_2tuple(img_size), 3, 2, 1)  # conv1's strided 3x3
-        hw = _conv_size(hw, 3, 2, 1)  # maxpool
-        for _ in range(1, n):
-            hw = _conv_size(hw, 3, 2, 1)  # the strided 3x3 of layer2..
-        return hw, self.channels[n - 1] * 4
-
-    def build(self, dtype: Dtype) -> nn.Module:
-        """The Flax backbone (for the caller to assign as ``self.backbone`` in setup)."""
-        return ResNet(self.layers, self.channels, self.stem_width, self.out_indices, dtype=dtype)
-
-
-@dataclass(frozen=True)
-class ConvStemConfig:
-    """vision_transformer_hybrid.ConvStem (BatchNorm), per-layer arguments resolved to tuples."""
-
-    kind: ClassVar[str] = "conv_stem"
-    channels: tuple[int, ...] = (16, 32, 64)
-    kernel_size: tuple[int, ...] = (3, 3, 3)
-    stride: tuple[int, ...] = (2, 2, 2)
-    padding: tuple[int | str | None, ...] = (1, 1, 1)  # timm's '' resolved by get_padding
-    act_layer: str = "relu"
-
-    def feature_info(self, img_size: int | Size) -> tuple[Size, int]:
-        """((H, W), channels) of the last conv's output for an image size."""
-        hw = to_2tuple(img_size)
-        for k, s, p in zip(self.kernel_size, self.stride, self.padding, strict=True):
-            hw = _conv_size(hw, k, s, p)
-        return hw, self.channels[-1]
-
-    def build(self, dtype: Dtype) -> list[nn.Module]:
-        """The ConvNormAct layers, a list: torch's Sequential children ``0``, ``1``, ..."""
-        return conv_stem_layers(
-            self.channels, self.kernel_size, self.stride, self.padding, self.act_layer, dtype
-        )
-
-
-BackboneConfig = ResNetV2Config | ResNetConfig | ConvStemConfig
-BACKBONES: dict[str, type] = {c.kind: c for c in (ResNetV2Config, ResNetConfig, ConvStemConfig)}
-
-
-def backbone_to_dict(cfg: BackboneConfig) -> dict[str, Any]:
-    """JSON-ready dict: ``kind`` and every field (tuples as lists)."""
-    d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
-    return {"kind": cfg.kind, **d}
-
-
-def backbone_from_dict(d: dict[str, Any]) -> BackboneConfig:
-    """Inverse of backbone_to_dict; an unknown kind or field is an error naming it."""
-    d = dict(d)
-    kind = d.pop("kind", None)
-    if kind not in BACKBONES:
-        raise ValueError(f"backbone kind {kind!r}: expected one of {sorted(BACKBONES)}")
-    cls = BACKBONES[kind]
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
+from vitjax.models.hybrid_config import (  # noqa: F401  (re-exported)
+    BACKBONES,
+    BackboneConfig,
+    ConvStemConfig,
+    ResNetConfig,
+    ResNetV2Config,
+    Size,
+    backbone_from_dict,
+    backbone_to_dict,
+)
 
 # --- HybridEmbed ---------------------------------------------------------------------------------
 

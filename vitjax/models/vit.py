@@ -4,10 +4,16 @@ Images are NHWC. ``setup()`` mirrors torch's ``__init__`` and ``__call__`` its `
 parameter tree is timm's module tree (``blocks.3.attn.qkv`` is ``blocks_3/attn/qkv``). The shared
 layers (attention, MLP, norms, patch embedding) are in ``vitjax.layers``; vittorch/vit.py is the
 same model in PyTorch (plain blocks only). ``cfg.block_fn`` / ``attn_layer`` / ``mlp_layer`` pick
-timm's other blocks, differential attention and gated MLPs from ``vitjax.layers.blocks``.
+timm's other blocks, differential attention and gated MLPs from ``vitjax.layers.blocks``;
+``cfg.backbone`` a hybrid CNN stem (``vitjax.layers.hybrid_embed``), whose BatchNorm statistics
+live in the ``batch_stats`` collection.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +32,14 @@ from vitjax.layers import (
     resample_abs_pos_embed,
 )
 from vitjax.layers import blocks as alt_blocks
+from vitjax.layers.features import (
+    check_output_fmt,
+    collect_intermediates,
+    feature_take_indices,
+    format_intermediates,
+    shape_intermediates,
+)
+from vitjax.layers.hybrid_embed import HybridEmbed
 from vitjax.models.vit_config import VARIANTS, ViTConfig
 from vitjax.models.vit_timm import (
     TIMM_CLASSES,
@@ -56,8 +70,15 @@ def _norm(cfg: ViTConfig, dtype: Dtype) -> nn.Module:
     return make_norm(cfg.norm_layer, cfg.norm_eps, dtype)
 
 
-def patch_embed_for(cfg: ViTConfig, dtype: Dtype = jnp.float32) -> PatchEmbed:
-    """The PatchEmbed a VisionTransformer of this config uses."""
+def patch_embed_for(cfg: ViTConfig, dtype: Dtype = jnp.float32) -> PatchEmbed | HybridEmbed:
+    """The PatchEmbed (or, with a backbone, HybridEmbed) a VisionTransformer of this config uses."""
+    if cfg.backbone is not None:
+        return HybridEmbed(
+            cfg.backbone, cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim,
+            bias=not cfg.pre_norm, use_proj=cfg.embed_proj,
+            output_fmt="NHWC" if cfg.dynamic_img_size else None,
+            dynamic_img_pad=cfg.dynamic_img_pad, dtype=dtype, dense_impl=cfg.dense_impl,
+        )  # fmt: skip
     return PatchEmbed(
         cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim, bias=not cfg.pre_norm,
         norm_layer=cfg.norm_layer if cfg.embed_norm else None, norm_eps=cfg.norm_eps,
@@ -211,8 +232,23 @@ class VisionTransformer(nn.Module):
             x = jnp.concatenate(prefix + [x], axis=1) + pos_embed
         return self.pos_drop(x, deterministic=not train)
 
-    def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = self.patch_embed(x.astype(self.dtype))
+    def _embed_patches(
+        self, x: jax.Array, train: bool = False, backbone_train: bool | None = None
+    ) -> jax.Array:
+        """patch_embed; a hybrid's backbone runs in backbone_train mode (default: train).
+
+        backbone_train=False is torch's ``model.patch_embed.backbone.eval()`` in a training
+        model: BatchNorm normalises with, and leaves unchanged, its running statistics.
+        """
+        x = x.astype(self.dtype)
+        if self.cfg.backbone is None:
+            return self.patch_embed(x)
+        return self.patch_embed(x, train=train if backbone_train is None else backbone_train)
+
+    def forward_features(
+        self, x: jax.Array, train: bool = False, backbone_train: bool | None = None
+    ) -> jax.Array:
+        x = self._embed_patches(x, train, backbone_train)
         x = self._pos_embed(x, train)
         if self.norm_pre is not None:
             x = self.norm_pre(x)
@@ -250,8 +286,94 @@ class VisionTransformer(nn.Module):
         x = self.head_drop(x, deterministic=not train)
         return x if pre_logits or cfg.num_classes == 0 else self.head(x)
 
-    def __call__(self, x: jax.Array, train: bool = False, pre_logits: bool = False) -> jax.Array:
-        return self.forward_head(self.forward_features(x, train), pre_logits, train)
+    def __call__(
+        self,
+        x: jax.Array,
+        train: bool = False,
+        pre_logits: bool = False,
+        backbone_train: bool | None = None,
+    ) -> jax.Array:
+        x = self.forward_features(x, train, backbone_train)
+        return self.forward_head(x, pre_logits, train)
+
+    def forward_intermediates(
+        self,
+        x: jax.Array,
+        indices: int | Sequence[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NHWC",
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+        train: bool = False,
+        backbone_train: bool | None = None,
+    ) -> list[Any] | tuple[jax.Array, list[Any]] | dict[str, Any]:
+        """timm's forward_intermediates: (final features, per-block features), the list, or a dict.
+
+        indices: the last n blocks if an int, all if None, else those indices (negative from the
+        end). Each intermediate is (B, H, W, C) for output_fmt "NHWC" (timm's "NCHW" transposed
+        by (0, 2, 3, 1)) or (B, H * W, C) for "NLC", normalised by the final norm if norm; with
+        return_prefix_tokens, a (patches, (B, num_prefix_tokens, C) prefix tokens) tuple. The
+        final features are forward_features' output (of block max(indices) with stop_early).
+        output_dict: timm's {"image_intermediates", "image_intermediates_prefix",
+        "image_features"} instead.
+        """
+        cfg = self.cfg
+        check_output_fmt(output_fmt)
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x = self._embed_patches(x, train, backbone_train)
+        grid = x.shape[1:3] if cfg.dynamic_img_size else cfg.grid_size
+        x = self._pos_embed(x, train)
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
+        x, intermediates = collect_intermediates(
+            x, lambda i, x: self.blocks[i](x, train), len(self.blocks), take_indices, max_index,
+            stop_early, self.norm if norm else None,
+        )  # fmt: skip
+        npt = cfg.num_prefix_tokens
+        if output_dict:
+            spatial, prefix = shape_intermediates(intermediates, npt, grid, output_fmt)
+            out: dict[str, Any] = {"image_intermediates": spatial}
+            if prefix is not None and return_prefix_tokens:
+                out["image_intermediates_prefix"] = prefix
+            if not intermediates_only:
+                out["image_features"] = self.norm(x) if self.norm is not None else x
+            return out
+        intermediates = format_intermediates(
+            intermediates, npt, grid, output_fmt, return_prefix_tokens
+        )
+        if intermediates_only:
+            return intermediates
+        return (self.norm(x) if self.norm is not None else x), intermediates
+
+    @nn.nowrap
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> tuple[VisionTransformer, list[int]]:
+        """timm's prune_intermediate_layers as a new model: (pruned model, indices it keeps).
+
+        The pruned model has only the blocks up to max(indices) (each keeping its drop-path
+        rate), no final norm if prune_norm, and no head (fc_norm, attention pool, classifier;
+        global_pool "") if prune_head. Its variables are
+        ``vitjax.layers.features.prune_variables(variables, pruned_model)``.
+        """
+        cfg = self.cfg
+        take_indices, max_index = feature_take_indices(cfg.depth, indices)
+        # the norm that exists (norm, or fc_norm instead) is the one that pruning drops
+        dropped = prune_head if cfg.use_fc_norm else prune_norm
+        changes: dict[str, Any] = dict(
+            depth=max_index + 1,
+            drop_path_rate=cfg.drop_path_rate * max_index / max(cfg.depth - 1, 1),
+            fc_norm=cfg.use_fc_norm,  # explicit: global_pool no longer implies it
+            final_norm=cfg.final_norm and not dropped,
+        )
+        if prune_head:  # a distilled head keeps reading the class and distillation tokens
+            changes.update(num_classes=0, global_pool="token" if cfg.distilled else "")
+        return self.clone(parent=None, cfg=dataclasses.replace(cfg, **changes)), take_indices
 
 
 CONFIG = ViTConfig

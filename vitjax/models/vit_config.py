@@ -11,6 +11,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from vitjax.models.hybrid_config import (
+    BackboneConfig,
+    ConvStemConfig,
+    ResNetConfig,
+    ResNetV2Config,
+    backbone_from_dict,
+    backbone_to_dict,
+)
 from vitjax.util import ATTN_IMPLS, DENSE_IMPLS, to_2tuple
 
 GLOBAL_POOLS = ("", "token", "avg", "max", "avgmax", "map")
@@ -77,10 +85,15 @@ class ViTConfig:
     num_parallel: int = 2  # ParallelThingsBlock: attention / MLP branches per block
     attn_scale: float | None = None
     distilled: bool = False
+    # Hybrid CNN stem (timm's HybridEmbed): None is PatchEmbed; a dict is read by backbone_from_dict
+    backbone: BackboneConfig | dict[str, Any] | None = None
+    embed_proj: bool = True  # HybridEmbed's proj conv (timm's embed_args=dict(proj=False))
     attn_impl: str = "auto"
     dense_impl: str = "auto"
 
     def __post_init__(self) -> None:
+        if isinstance(self.backbone, dict):  # from JSON: the frozen config holds the dataclass
+            object.__setattr__(self, "backbone", backbone_from_dict(self.backbone))
         if self.global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool={self.global_pool!r}: expected one of {GLOBAL_POOLS}")
         if self.act_layer not in ACT_LAYERS:
@@ -105,6 +118,32 @@ class ViTConfig:
             if min(to_2tuple(getattr(self, name))) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be positive")
         self._check_block_options()
+        self._check_embed_options()
+
+    def _check_embed_options(self) -> None:
+        """A backbone's feature map must tile into patches, and feed embed_dim without proj."""
+        if self.backbone is None:
+            if not self.embed_proj:
+                raise ValueError("embed_proj=False needs a backbone (HybridEmbed)")
+            return
+        if not isinstance(self.backbone, (ResNetV2Config, ResNetConfig, ConvStemConfig)):
+            raise ValueError(f"backbone={self.backbone!r}: expected a backbone config")
+        if self.embed_norm:
+            raise ValueError("embed_norm=True with a backbone (timm's HybridEmbed has no norm)")
+        (fh, fw), dim = self.backbone.feature_info(self.img_size)
+        (ph, pw) = to_2tuple(self.patch_size)
+        if min(fh, fw) <= 0:
+            raise ValueError(f"img_size={self.img_size!r} is too small for the backbone")
+        if not self.dynamic_img_pad and (fh % ph or fw % pw):
+            raise ValueError(
+                f"the backbone's feature map {(fh, fw)} is not divisible by patch_size {(ph, pw)} "
+                "(timm asserts this unless dynamic_img_pad=True)"
+            )
+        if not self.embed_proj and dim != self.embed_dim:
+            raise ValueError(
+                f"embed_proj=False needs the backbone width ({dim}) equal to embed_dim "
+                f"({self.embed_dim})"
+            )
 
     def _check_block_options(self) -> None:
         """One config per model: options a block type does not use stay at their defaults."""
@@ -141,12 +180,14 @@ class ViTConfig:
 
     @property
     def is_plain(self) -> bool:
-        """True for the plain ViT block (Block, Attention, Mlp): what vittorch builds."""
-        return (self.block_fn, self.attn_layer, self.mlp_layer) == ("Block", "attn", "mlp")
+        """True for PatchEmbed and the plain ViT block (Block, Attention, Mlp): what vittorch
+        builds."""
+        plain = (self.block_fn, self.attn_layer, self.mlp_layer) == ("Block", "attn", "mlp")
+        return plain and self.backbone is None
 
     def require_plain(self, who: str = "vittorch") -> None:
-        """Raise a ValueError naming the options of a config that is not the plain ViT block."""
-        plain = {"block_fn": "Block", "attn_layer": "attn", "mlp_layer": "mlp"}
+        """Raise a ValueError naming the options of a config that is not the plain ViT."""
+        plain = {"block_fn": "Block", "attn_layer": "attn", "mlp_layer": "mlp", "backbone": None}
         bad = {k: getattr(self, k) for k, v in plain.items() if getattr(self, k) != v}
         if bad:
             opts = ", ".join(f"{k}={v!r}" for k, v in bad.items())
@@ -163,6 +204,8 @@ class ViTConfig:
     @property
     def grid_size(self) -> tuple[int, int]:
         (h, w), (ph, pw) = to_2tuple(self.img_size), to_2tuple(self.patch_size)
+        if self.backbone is not None:  # HybridEmbed: patches of the backbone's feature map
+            (h, w), _ = self.backbone.feature_info(self.img_size)
         return h // ph, w // pw  # floor, as timm's PatchEmbed (also with dynamic_img_pad)
 
     @property
@@ -198,6 +241,8 @@ class ViTConfig:
         for k in ("img_size", "patch_size"):
             if isinstance(d[k], tuple):
                 d[k] = list(d[k])
+        if self.backbone is not None:  # asdict drops the kind; the dict names it
+            d["backbone"] = backbone_to_dict(self.backbone)
         return d
 
     @classmethod
@@ -243,6 +288,15 @@ _RADIO = dict(no_embed_class=True, final_norm=False, num_classes=0)
 _XP = dict(pre_norm=True, no_embed_class=True, norm_layer="rmsnorm", qkv_bias=False, qk_norm=True,
            block_fn="ParallelScalingBlock")  # ViT-22B style parallel blocks
 _SWIGLU_PACKED = dict(mlp_layer="swiglu_packed", act_layer="silu")  # GluMlp, gate first
+# Hybrid backbones, as vision_transformer_hybrid builds them.
+_R_STEM = ResNetV2Config(layers=())
+_R26 = ResNetV2Config(layers=(2, 2, 2, 2))
+_R50_S16 = ResNetV2Config(layers=(3, 4, 9), channels=(256, 512, 1024))
+_R50_S32 = ResNetV2Config(layers=(3, 4, 6, 3))
+_RESNET26D = ResNetConfig(layers=(2, 2, 2, 2))
+_RESNET50D = ResNetConfig(layers=(3, 4, 6, 3))
+_RESNET50D_S16 = ResNetConfig(layers=(3, 4, 6), channels=(64, 128, 256), out_indices=(3,))
+_MCI_STEM = ConvStemConfig((192, 192, 768), (4, 2, 2), (4, 2, 2), (0, 0, 0), "gelu")
 _TUTORIAL = dict(qkv_bias=False, norm_eps=1e-5, embed_dim=384, depth=7, num_heads=8, mlp_ratio=4.0)
 
 
@@ -443,6 +497,24 @@ VARIANTS: dict[str, dict[str, Any]] = dict([
     _m("vit_huge_patch16_radio_v4", "huge", 16, 512, _RADIO, reg_tokens=9),
     _m("vit_intern300m_patch14_448", "large", 14, 448, num_classes=0, init_values=0.1,
        final_norm=False, dynamic_img_size=True),
+    # Hybrids (timm's vision_transformer_hybrid): a CNN stem's feature map, patch_size 1 unless
+    # given. ResNetV2 with StdConv + GroupNorm (BiT; layers=() is its stem alone), ResNet-D with
+    # BatchNorm, MobileCLIP's ConvStem (BatchNorm, GELU) feeding the blocks without a projection.
+    _m("vit_tiny_r_s16_p8_224", "tiny", 8, 224, backbone=_R_STEM),
+    _m("vit_tiny_r_s16_p8_384", "tiny", 8, 384, backbone=_R_STEM),
+    _m("vit_small_r26_s32_224", "small", 1, 224, backbone=_R26),
+    _m("vit_small_r26_s32_384", "small", 1, 384, backbone=_R26),
+    _m("vit_base_r26_s32_224", "base", 1, 224, backbone=_R26),
+    _m("vit_base_r50_s16_224", "base", 1, 224, backbone=_R50_S16, num_classes=0),
+    _m("vit_base_r50_s16_384", "base", 1, 384, backbone=_R50_S16),
+    _m("vit_large_r50_s32_224", "large", 1, 224, backbone=_R50_S32),
+    _m("vit_large_r50_s32_384", "large", 1, 384, backbone=_R50_S32),
+    _m("vit_small_resnet26d_224", (768, 8, 8, 2304), 1, 224, backbone=_RESNET26D),
+    _m("vit_small_resnet50d_s16_224", (768, 8, 8, 2304), 1, 224, backbone=_RESNET50D_S16),
+    _m("vit_base_resnet26d_224", "base", 1, 224, backbone=_RESNET26D),
+    _m("vit_base_resnet50d_224", "base", 1, 224, backbone=_RESNET50D),
+    _m("vit_base_mci_224", "base", 1, 224, backbone=_MCI_STEM, embed_proj=False,
+       no_embed_class=True, num_classes=512),
     # timm's test models.
     _m("test_vit", (64, 6, 2, 192), 16, 160, dynamic_img_size=True),
     _m("test_vit2", (64, 8, 2, 192), 16, 160, class_token=False, reg_tokens=1, global_pool="avg",

@@ -1,8 +1,9 @@
 """The vit family's timm rules: read a ViTConfig off a live timm model; timm's checkpoint filter.
 
-``config_from_timm`` refuses, by name, every timm part that vitjax does not mirror. The checkpoint
-half is pure numpy (plus jax for resampling): OpenAI-CLIP / DINOv2 / OpenCLIP layouts, DeiT-3 gamma
-renames and position-embedding resampling, as timm's ``checkpoint_filter_fn`` applies them.
+``config_from_timm`` refuses, by name, every timm part that vitjax does not mirror; a HybridEmbed
+(timm's hybrid CNN stems) is read into ``cfg.backbone``. The checkpoint half is pure numpy (plus jax
+for resampling): OpenAI-CLIP / DINOv2 / OpenCLIP / MobileCLIP layouts, DeiT-3 gamma renames and
+position-embedding resampling, as timm's ``checkpoint_filter_fn`` applies them.
 Imports nothing from torch or timm: a module handed in brings them.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.layers.hybrid_embed import hybrid_embed_from_timm
 from vitjax.layers.pos_embed import resample_abs_pos_embed
 from vitjax.models.common import (
     UnsupportedModelError,
@@ -248,9 +250,27 @@ def _check_pool(model: Any, ref: dict[str, Any]) -> None:
     )
 
 
+def _read_hybrid_embed(model: Any, dim: int, pre_norm: bool) -> dict[str, Any]:
+    """backbone / embed_proj of a timm HybridEmbed, checked against the model's other fields."""
+    pe = model.patch_embed
+    f = hybrid_embed_from_timm(pe)
+    require(f["embed_dim"] == dim, f"patch_embed with embed_dim {f['embed_dim']} (blocks: {dim})")
+    require(
+        not f["use_proj"] or f["bias"] == (not pre_norm),
+        f"patch_embed.proj with bias={f.get('bias')} and pre_norm={pre_norm}",
+    )
+    fmt = "NHWC" if model.dynamic_img_size else None
+    require(
+        f["flatten"] == (fmt is None) and f["output_fmt"] == fmt,
+        f"patch_embed with flatten={f['flatten']}, output_fmt={f['output_fmt']!r} "
+        f"(dynamic_img_size={model.dynamic_img_size})",
+    )
+    return dict(backbone=f["backbone_cfg"], embed_proj=f["use_proj"])
+
+
 def _check_patch_embed(model: Any, pre_norm: bool, norm: tuple[str, float]) -> None:
     pe = model.patch_embed
-    require(cls_name(pe) == "PatchEmbed", f"patch_embed of type {cls_name(pe)} (hybrid CNN stems)")
+    require(cls_name(pe) == "PatchEmbed", f"patch_embed of type {cls_name(pe)}")
     proj = pe.proj
     require(cls_name(proj) == "Conv2d", f"patch_embed.proj of type {cls_name(proj)}")
     require(
@@ -298,13 +318,18 @@ def config_from_timm(model: Any) -> ViTConfig:
     ref = _read_blocks(model, dim)
     _check_pool(model, ref)
     pre_norm = not is_identity(model.norm_pre)
-    _check_patch_embed(model, pre_norm, ref["norm"])
+    pe = model.patch_embed
+    hybrid = cls_name(pe) == "HybridEmbed"
+    if hybrid:
+        embed = _read_hybrid_embed(model, dim, pre_norm)
+    else:
+        _check_patch_embed(model, pre_norm, ref["norm"])
+        embed = {}
     for n in ("norm_pre", "norm", "fc_norm"):
         if not is_identity(getattr(model, n)):
             require(
                 norm_kind(getattr(model, n), n) == ref["norm"], f"{n} with another norm kind or eps"
             )
-    pe = model.patch_embed
     global_pool = model.global_pool
     final_norm = not (is_identity(model.norm) and is_identity(model.fc_norm))
     use_fc_norm = not is_identity(model.fc_norm)
@@ -316,7 +341,7 @@ def config_from_timm(model: Any) -> ViTConfig:
     cfg = ViTConfig(
         img_size=_square(tuple(pe.img_size)),
         patch_size=_square(tuple(pe.patch_size)),
-        in_chans=pe.proj.in_channels,
+        in_chans=pe.in_chans if hybrid else pe.proj.in_channels,
         num_classes=model.num_classes,
         global_pool=global_pool,
         embed_dim=dim,
@@ -342,7 +367,7 @@ def config_from_timm(model: Any) -> ViTConfig:
         proj_drop_rate=ref["proj_drop"],
         attn_drop_rate=ref["attn_drop"],
         drop_path_rate=ref["drop_path"],
-        embed_norm=not is_identity(pe.norm),
+        embed_norm=not is_identity(getattr(pe, "norm", None)),
         norm_layer=ref["norm"][0],
         norm_eps=ref["norm"][1],
         act_layer=ref["act"],
@@ -353,6 +378,7 @@ def config_from_timm(model: Any) -> ViTConfig:
         fuse_out_proj=ref.get("fuse_out_proj", False),
         num_parallel=ref.get("num_parallel", 2),
         distilled=getattr(model, "dist_token", None) is not None,
+        **embed,
     )
     if model.pos_embed is not None:
         shape = tuple(model.pos_embed.shape)
@@ -415,6 +441,45 @@ def _convert_dinov2(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+_MOBILECLIP_SWAPS = (
+    ("patch_emb.", "patch_embed.backbone."),
+    ("block.conv", "conv"),
+    ("block.norm", "bn"),
+    ("post_transformer_norm.", "norm."),
+    ("pre_norm_mha.0", "norm1"),
+    ("pre_norm_mha.1", "attn"),
+    ("pre_norm_ffn.0", "norm2"),
+    ("pre_norm_ffn.1", "mlp.fc1"),
+    ("pre_norm_ffn.4", "mlp.fc2"),
+    ("qkv_proj.", "qkv."),
+    ("out_proj.", "proj."),
+    ("transformer.", "blocks."),
+)
+MOBILECLIP_KEY = "image_encoder.model.patch_emb.0.block.conv.weight"  # timm's detection key
+
+
+def _convert_mobileclip(
+    sd: Mapping[str, np.ndarray], prefix: str = "image_encoder.model."
+) -> dict[str, np.ndarray]:
+    """Apple's MobileCLIP image-encoder keys -> timm keys (vision_transformer_hybrid's
+    _convert_mobileclip): the ConvStem, the blocks, the position embedding and the projection."""
+    out: dict[str, np.ndarray] = {}
+    for k, v in sd.items():
+        if not k.startswith(prefix):
+            continue
+        k = k.replace(prefix, "")
+        for a, b in _MOBILECLIP_SWAPS:
+            k = k.replace(a, b)
+        if k == "pos_embed.pos_embed.pos_embed":
+            k, v = "pos_embed", v[0] if v.shape[0] == 1 else v  # torch's squeeze(0)
+        if "classifier.proj" in k:
+            v = v.T
+            out[k.replace("classifier.proj", "head.bias")] = np.zeros(v.shape[0], v.dtype)
+            k = k.replace("classifier.proj", "head.weight")
+        out[k] = v
+    return out
+
+
 def _strip(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
@@ -422,6 +487,8 @@ def _strip(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
 def filter_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Foreign layouts -> timm keys, as timm's checkpoint_filter_fn does (no resampling here)."""
     sd = {k: np.asarray(v) for k, v in state_dict.items()}
+    if MOBILECLIP_KEY in sd:  # timm's hybrid filter, before the ViT one
+        sd = _convert_mobileclip(sd)
     if "visual.class_embedding" in sd:
         sd = _convert_openai_clip(sd, "visual.")
     elif "module.visual.class_embedding" in sd:
@@ -475,7 +542,12 @@ def adapt_pos_embed(
     if pe is None or not cfg.has_pos_embed or pe.ndim != 3:
         return state_dict
     n_prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
-    grid = source_grid(pe.shape[1] - n_prefix, old_grid)
+    try:
+        grid = source_grid(pe.shape[1] - n_prefix, old_grid)
+    except ValueError:
+        if pe.shape[1] == cfg.embed_len:  # no other grid fits: the model's own (non-square) one
+            return state_dict
+        raise
     if pe.shape[1] == cfg.embed_len and grid == cfg.grid_size:
         return state_dict
     new = resample_abs_pos_embed(
@@ -567,7 +639,7 @@ def timm_model_args(name: str, cfg: ViTConfig) -> dict[str, Any]:
             continue
         if f.name == "embed_norm":
             out["embed_norm_layer"] = cfg.norm_layer if new else None
-        elif f.name in ("norm_eps", "attn_scale", "distilled"):
+        elif f.name in ("norm_eps", "attn_scale", "distilled", "backbone", "embed_proj"):
             raise ValueError(f"{f.name}={new!r} (model default {old!r}) has no timm argument")
         else:
             out[f.name] = new
@@ -655,8 +727,8 @@ def checkpoint_filter_fn(
 ) -> dict[str, np.ndarray]:
     """Any layout the vit family's weights are published in -> timm keys, as timm's filter.
 
-    The notebook's class layout, OpenAI CLIP, OpenCLIP, DINOv2, DeiT-3 gamma names and linear
-    patch projections; with resample_pos_embed, pos_embed is resized to cfg's grid from
+    The notebook's class layout, OpenAI CLIP, OpenCLIP, DINOv2, MobileCLIP, DeiT-3 gamma names
+    and linear patch projections; with resample_pos_embed, pos_embed is resized to cfg's grid from
     source_grid (or the square / default grid its length implies).
     """
     if is_notebook_layout(state_dict):

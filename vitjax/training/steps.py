@@ -4,7 +4,9 @@
 does). A batch is ``{"image": (B, H, W, C) float32, "label": (B,) int32}`` with an optional
 ``"mask"`` (B,) of 0/1 weights, so a short last batch can be padded to a fixed shape and still
 give the exact mean over its real examples. Models with BatchNorm keep their running statistics
-in ``state.batch_stats``, updated in training mode as torch updates them.
+in ``state.batch_stats``, updated in training mode as torch updates them; with
+``freeze_batch_stats`` the backbone's BatchNorm runs in eval mode instead (torch's
+``model.patch_embed.backbone.eval()``): running statistics normalise and stay as they are.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class TrainState(train_state.TrainState):
 
     batch_stats: Any = None
     label_smoothing: float = struct.field(pytree_node=False, default=0.0)
+    freeze_batch_stats: bool = struct.field(pytree_node=False, default=False)
 
 
 def _top_name(path: tuple[Any, ...]) -> str:
@@ -95,10 +98,17 @@ def create_train_state(
     variables: dict[str, Any],
     tx: optax.GradientTransformation,
     label_smoothing: float = 0.0,
+    freeze_batch_stats: bool = False,
 ) -> TrainState:
-    """A fresh TrainState at step 0 (params copied, so donating it leaves variables intact)."""
+    """A fresh TrainState at step 0 (params copied, so donating it leaves variables intact).
+
+    freeze_batch_stats: train with the backbone's BatchNorm in eval mode (running statistics
+    used and kept), for models whose apply takes ``backbone_train`` (the vit family's hybrids).
+    """
     params = jax.tree_util.tree_map(jnp.array, variables["params"])
     stats = variables.get("batch_stats")
+    if freeze_batch_stats and stats is None:
+        raise ValueError("freeze_batch_stats: the model has no BatchNorm statistics to freeze")
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         apply_fn=model.apply,
@@ -107,6 +117,7 @@ def create_train_state(
         opt_state=jax.jit(tx.init)(params),
         batch_stats=None if stats is None else jax.tree_util.tree_map(jnp.array, stats),
         label_smoothing=label_smoothing,
+        freeze_batch_stats=freeze_batch_stats,
     )
 
 
@@ -148,6 +159,11 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainSt
         if state.batch_stats is None:
             logits = state.apply_fn(variables, batch["image"], train=True, rngs={"dropout": rng})
             stats = None
+        elif state.freeze_batch_stats:  # backbone BatchNorm in eval mode: stats read, not written
+            logits = state.apply_fn(
+                variables, batch["image"], train=True, rngs={"dropout": rng}, backbone_train=False
+            )
+            stats = state.batch_stats
         else:  # BatchNorm in training mode: batch statistics, running-stat update
             logits, updates = state.apply_fn(
                 variables, batch["image"], train=True, rngs={"dropout": rng},

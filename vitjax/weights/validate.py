@@ -372,7 +372,11 @@ def estimate_model_bytes(cfg: Any) -> int | None:
         return None  # not shaped like a ViT: only the field checks apply
     r = float(getattr(cfg, "mlp_ratio", 4.0))
     heads = int(getattr(cfg, "num_heads", 1))
-    tokens = (h // max(ph, 1)) * (w // max(pw, 1)) + 1 + int(getattr(cfg, "reg_tokens", 0) or 0)
+    if getattr(cfg, "backbone", None) is not None:  # a hybrid's grid is its CNN's feature map
+        gh, gw = cfg.grid_size
+    else:
+        gh, gw = h // max(ph, 1), w // max(pw, 1)
+    tokens = gh * gw + 1 + int(getattr(cfg, "reg_tokens", 0) or 0)
     params = (
         L * (4 + 2 * r) * D * D  # qkv, proj, fc1, fc2
         + int(getattr(cfg, "in_chans", 3)) * ph * pw * D  # patch embedding
