@@ -379,7 +379,7 @@ def test_every_registered_config_passes_the_checks():
 
 def test_config_size_is_estimated_against_available_memory(cli_files, tmp_path, monkeypatch):
     models.load_pretrained(cli_files / "vitjax")
-    monkeypatch.setattr(validate, "memory_budget", lambda: 1 << 20)
+    monkeypatch.setattr(validate, "memory_budget", lambda: 1 << 12)
     with pytest.raises(CheckpointError, match=r"more than the 0\.0 GiB of memory available"):
         models.load_pretrained(cli_files / "vitjax")
 

@@ -67,8 +67,9 @@ CASES = {
     # dynamic image size (NHWC embed) and feature padding, pre_norm (a proj without bias)
     "resnetv2_stem_dynamic_pad_pre_norm": (
         "vit_tiny_r_s16_p8_224",
-        dict(depth=1, img_size=(72, 56), dynamic_img_size=True, dynamic_img_pad=True,
-             pre_norm=True),
+        dict(
+            depth=1, img_size=(72, 56), dynamic_img_size=True, dynamic_img_pad=True, pre_norm=True
+        ),
         "safetensors",
     ),  # fmt: skip
 }

@@ -20,7 +20,8 @@ from vitjax.weights.files import load_state_dict
 def images(module: Any, batch: int = 2, seed: int = 0, size: Any = None) -> np.ndarray:
     """A seeded NHWC float32 batch at the timm model's input size (or size)."""
     h, w = to_2tuple(size if size is not None else module.patch_embed.img_size)
-    c = module.patch_embed.proj.in_channels
+    pe = module.patch_embed  # a hybrid without a projection (MobileCLIP) keeps in_chans itself
+    c = getattr(pe, "in_chans", None) or pe.proj.in_channels
     return np.random.default_rng(seed).standard_normal((batch, h, w, c)).astype(np.float32)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from vitjax.weights import validate
 from vitjax.weights.errors import CheckpointError
-from vitjax.weights.npz import load_npz
+from vitjax.weights.npz_hybrid import load_npz  # the vit_jax / big_vision layouts, hybrids too
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

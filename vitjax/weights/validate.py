@@ -364,7 +364,8 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 def estimate_model_bytes(cfg: Any) -> int | None:
-    """Lower bound on the bytes a ViT-like config needs: fp32 params + one block's activations."""
+    """Lower bound on the bytes a ViT-like config needs: params + one block's activations, at 2
+    bytes each (bf16: a model that cannot fit even so is refused; fp32 needs twice this)."""
     try:
         D, L = int(cfg.embed_dim), int(cfg.depth)
         (h, w), (ph, pw) = _pair(cfg.img_size), _pair(cfg.patch_size)
@@ -384,7 +385,7 @@ def estimate_model_bytes(cfg: Any) -> int | None:
         + D * int(getattr(cfg, "num_classes", 0) or 0)  # head
     )
     activations = tokens * D * (4 + r) + heads * tokens * tokens  # one block, batch 1
-    return int(4 * (params + activations))
+    return int(2 * (params + activations))
 
 
 def check_model_size(cfg: Any, where: str) -> None:
