@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 # timm's data constants (timm/data/constants.py).
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -42,3 +45,21 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def config_to_dict(cfg: Any, tuple_fields: tuple[str, ...]) -> dict[str, Any]:
+    """JSON-ready dict of every field of a config dataclass (tuple fields as lists)."""
+    d = dataclasses.asdict(cfg)
+    for k in tuple_fields:
+        if isinstance(d.get(k), tuple):
+            d[k] = list(d[k])
+    return d
+
+
+def config_from_dict(cls: type, d: Mapping[str, Any], tuple_fields: tuple[str, ...]) -> Any:
+    """Inverse of config_to_dict; unknown keys are an error naming them."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    d = {k: tuple(v) if k in tuple_fields and isinstance(v, list) else v for k, v in d.items()}
+    return cls(**d)

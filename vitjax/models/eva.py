@@ -51,7 +51,7 @@ from vitjax.models.common import (
     norm_kind,
     require,
 )
-from vitjax.util import ATTN_IMPLS, DENSE_IMPLS, to_2tuple
+from vitjax.util import ATTN_IMPLS, DENSE_IMPLS, config_from_dict, config_to_dict, to_2tuple
 from vitjax.weights.errors import WeightMismatchError
 
 __all__ = [
@@ -240,24 +240,12 @@ class EvaConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""
-        d = dataclasses.asdict(self)
-        for k in _TUPLE_FIELDS:
-            if isinstance(d[k], tuple):
-                d[k] = list(d[k])
-        return d
+        return config_to_dict(self, _TUPLE_FIELDS)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvaConfig:
         """Inverse of to_dict; unknown keys are an error naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown EvaConfig fields: {unknown}")
-        d = dict(d)
-        for k in _TUPLE_FIELDS:
-            if isinstance(d.get(k), list):
-                d[k] = tuple(d[k])
-        return cls(**d)
+        return config_from_dict(cls, d, _TUPLE_FIELDS)
 
 
 # --- modules ------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from vitjax.models.common import (
     require,
 )
 from vitjax.models.vit_config import mlp_ratio_for
-from vitjax.util import ATTN_IMPLS, DENSE_IMPLS, to_2tuple
+from vitjax.util import ATTN_IMPLS, DENSE_IMPLS, config_from_dict, config_to_dict, to_2tuple
 
 __all__ = [
     "CONFIG",
@@ -166,24 +166,12 @@ class RelPosConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""
-        d = dataclasses.asdict(self)
-        for k in ("img_size", "patch_size"):
-            if isinstance(d[k], tuple):
-                d[k] = list(d[k])
-        return d
+        return config_to_dict(self, ("img_size", "patch_size"))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RelPosConfig:
         """Inverse of to_dict; unknown keys are an error naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown RelPosConfig fields: {unknown}")
-        d = dict(d)
-        for k in ("img_size", "patch_size"):
-            if isinstance(d.get(k), list):
-                d[k] = tuple(d[k])
-        return cls(**d)
+        return config_from_dict(cls, d, ("img_size", "patch_size"))
 
 
 # --- relative-position tables (numpy, as timm's buffers) --------------------------------------
