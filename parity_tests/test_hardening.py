@@ -367,9 +367,11 @@ def test_config_json_is_checked_before_building(cli_files, tmp_path, change, mes
         assert str(d / io.CONFIG_NAME) in str(info.value)
 
 
-def test_every_registered_config_passes_the_checks():
+def test_every_registered_config_passes_the_checks(monkeypatch):
     """No false refusals: every variant of every family, as save_pretrained writes it."""
     from vitjax import registry
+
+    monkeypatch.setattr(validate, "memory_budget", lambda: 64 << 30)  # any machine's free memory
 
     for family in registry.FAMILIES:
         mod = registry.config_module(family)

@@ -3,6 +3,8 @@
     python scripts/benchmark.py --model vit_tutorial_patch28_224 --batch-size 32 \
         --out docs/benchmarks
     python scripts/benchmark.py --data --out docs/benchmarks      # data-pipeline images/s
+    python scripts/benchmark.py --tasks load --model vit_large_patch16_224,vit_huge_patch14_224 \
+        --out docs/benchmarks    # create_model from .safetensors + first logits vs timm
 
 Every mode runs in its own worker process; timed samples are interleaved round by round and
 reported as medians with [slowest-fastest]. See scripts/devtools/bench.py for what is counted.
@@ -28,7 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds after compilation")
     p.add_argument("--steps", type=int, default=1, help="calls per timed sample")
     p.add_argument("--modes", default="jax,eager,compile", help="comma list of jax, eager, compile")
-    p.add_argument("--tasks", default="train,infer", help="comma list of train, infer")
+    p.add_argument(
+        "--tasks",
+        default="train,infer",
+        help="comma list of train, infer; or load: create_model from a .safetensors file + the "
+        "first logits against timm, fresh processes (--model may be a comma list)",
+    )
+    p.add_argument(
+        "--weights-dir",
+        default=os.path.join(os.path.expanduser("~"), ".cache", "vitjax-bench"),
+        help="--tasks load: where timm's random weights are saved once per model",
+    )
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="--tasks load")
     p.add_argument("--skip-compile", action="store_true", help="leave torch.compile out")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     p.add_argument(
@@ -90,6 +103,26 @@ def main(argv: list[str] | None = None) -> int:
         print(bench.data_to_markdown(res))
         if a.out:
             print("wrote", bench.write_results(res, a.out, a.name or "data_pipeline"))
+        return 0
+
+    if a.tasks == "load":
+        from devtools import load_bench
+
+        res = load_bench.run_load_benchmark(
+            a.model.split(","), a.weights_dir, rounds=a.rounds, dtype=a.dtype
+        )
+        text = load_bench.load_to_markdown(
+            res, "python scripts/benchmark.py " + " ".join(argv or sys.argv[1:])
+        )
+        print(text)
+        if a.out:
+            name = a.name or f"load_{a.dtype}"
+            os.makedirs(a.out, exist_ok=True)
+            with open(os.path.join(a.out, f"{name}.json"), "w") as f:
+                json.dump(res, f, indent=2)
+            with open(os.path.join(a.out, f"{name}.md"), "w") as f:
+                f.write(text)
+            print("wrote", os.path.join(a.out, f"{name}.md"))
         return 0
 
     modes = [m for m in a.modes.split(",") if m and not (a.skip_compile and m == "compile")]

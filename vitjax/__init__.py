@@ -16,6 +16,8 @@ _EXPORTS = {
     "list_models": "vitjax.registry",
     "VisionTransformer": "vitjax.models.vit",
     "create_model": "vitjax.factory",
+    "build_model": "vitjax.factory",
+    "variable_shapes": "vitjax.factory",
     "from_timm": "vitjax.factory",
     "to_timm_state_dict": "vitjax.factory",
     "save_pretrained": "vitjax.factory",

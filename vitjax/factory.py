@@ -13,7 +13,7 @@ import numpy as np
 
 from vitjax import registry
 from vitjax.util import to_2tuple
-from vitjax.weights import convert, hub, validate
+from vitjax.weights import convert, hub, place, validate
 from vitjax.weights import files as io
 from vitjax.weights.errors import CheckpointError, WeightMismatchError
 
@@ -26,10 +26,36 @@ def _dummy_input(cfg: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((1, *to_2tuple(cfg.img_size), cfg.in_chans), jnp.float32)
 
 
-def init_variables(model: Model, seed: int = 0) -> Variables:
-    """Randomly initialised variables (timm-style init) for a model."""
+def init_variables(
+    model: Model, seed: int = 0, param_dtype: Any = None, shardings: Any = None
+) -> Variables:
+    """Randomly initialised variables (timm-style init); param_dtype: floating leaves' dtype.
+
+    The cast runs inside the jitted init, so a bf16 model never exists in float32 as a whole;
+    shardings (as in load_checkpoint) makes each leaf where it belongs.
+    """
     x = jnp.zeros(_dummy_input(model.cfg).shape, jnp.float32)
-    return dict(jax.jit(model.init)(jax.random.PRNGKey(seed), x))
+
+    def init(rng: jax.Array) -> Variables:
+        variables = dict(model.init(rng, x))
+        return _cast_floats(variables, param_dtype) if param_dtype is not None else variables
+
+    out = None
+    if shardings is not None:
+        out = shardings(variable_shapes(model)) if callable(shardings) else shardings
+    return dict(jax.jit(init, out_shardings=out)(jax.random.PRNGKey(seed)))
+
+
+def _cast_floats(tree: Any, dtype: Any) -> Any:
+    return jax.tree_util.tree_map(
+        lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v, tree
+    )
+
+
+def stacked_lists(model: Model) -> dict[str, int]:
+    """List attributes the model runs with nn.scan, stored stacked: {name: length}."""
+    fn = getattr(_family_module(model), "stacked_lists", None)
+    return dict(fn(model.cfg)) if fn else {}
 
 
 def variable_shapes(model: Model) -> dict[str, Any]:
@@ -53,8 +79,9 @@ def variables_from_state_dict(
     model: Model, state_dict: Mapping[str, Any], what: str = "state_dict"
 ) -> Variables:
     """Flax variables for model from a timm-key state_dict, every key and shape checked."""
-    variables = convert.torch_to_flax_variables(state_dict, variable_shapes(model), what)
-    return jax.tree_util.tree_map(jnp.asarray, variables)
+    shapes, put = variable_shapes(model), place.Placer(check_finite=False)
+    stacked = stacked_lists(model)
+    return convert.torch_to_flax_variables(state_dict, shapes, what, put=put, stacked=stacked)
 
 
 def to_timm_state_dict(
@@ -66,7 +93,7 @@ def to_timm_state_dict(
     tensors, for ``timm_model.load_state_dict(sd)`` (torch imported only then).
     """
     registry.family_of_model(model)  # a vitjax model; its tree alone determines the keys
-    sd = convert.flax_to_torch_variables(jax.device_get(dict(variables)))
+    sd = convert.flax_to_torch_variables(jax.device_get(dict(variables)), stacked_lists(model))
     if framework == "np":
         return sd
     if framework != "pt":
@@ -88,7 +115,13 @@ def _adapt_head(
             want[f"{head}.weight"], want[f"{head}.bias"] = (n_out, n_in), (n_out,)
     if all(np.shape(state_dict.get(k, ())) == shape for k, shape in want.items()):
         return state_dict
-    fresh_sd = convert.flax_to_torch(jax.device_get(init_variables(model, seed)["params"]))
+    x = jnp.zeros(_dummy_input(model.cfg).shape, jnp.float32)
+
+    def heads(rng: jax.Array) -> Any:  # jitted: the rest of the fresh model is never computed
+        params = model.init(rng, x)["params"]
+        return {k: params[k] for k in ("head", "head_dist") if k in params}
+
+    fresh_sd = convert.flax_to_torch(jax.device_get(jax.jit(heads)(jax.random.PRNGKey(seed))))
     out = {k: v for k, v in state_dict.items() if k not in _HEAD_KEYS}
     out.update({k: fresh_sd[k] for k in _HEAD_KEYS if k in fresh_sd})
     return out
@@ -146,21 +179,29 @@ def load_checkpoint(
     source_grid: tuple[int, int] | None = None,
     interpolation: str | None = None,
     dtype: Any = None,
+    param_dtype: Any = None,
     allow_nonfinite: bool = False,
+    shardings: Any = None,
 ) -> Variables:
     """Variables for model from a checkpoint file, directory or state_dict, read as timm does.
 
     Floating weights become float32 unless already in dtype (default: the model's dtype), so a
-    bf16 file stays bf16 only when bf16 is asked for. Integer, bool or complex tensors where the
-    model has float weights, and NaN / Inf weights (unless allow_nonfinite), are refused.
+    bf16 file stays bf16 only when bf16 is asked for; param_dtype casts every floating weight to
+    it instead. Integer, bool or complex tensors where the model has float weights, and NaN / Inf
+    weights (unless allow_nonfinite), are refused. Leaves are converted and placed one at a time
+    (a .safetensors file is read tensor by tensor): shardings, a tree like variable_shapes(model)
+    of jax Shardings (or a callable taking that tree and returning one), puts each leaf straight
+    into its sharding, so no device ever holds more than its share.
     """
     # The family's checkpoint_filter_fn rewrites foreign layouts into timm's keys; with
     # resample_pos_embed, pos_embed is resized to the model's grid (bicubic + antialias, or
     # bilinear for .npz files, as timm's _load_weights).
     what = what or ("state_dict" if isinstance(checkpoint, Mapping) else str(checkpoint))
-    sd = dict(checkpoint) if isinstance(checkpoint, Mapping) else io.load_state_dict(checkpoint)
+    if isinstance(checkpoint, Mapping):
+        sd = dict(checkpoint)  # a new dict: entries leave it as they are converted
+    else:
+        sd = io.load_state_dict(checkpoint, lazy=True)
     keep = getattr(model, "dtype", jnp.float32) if dtype is None else dtype
-    sd = validate.float_weights(sd, keep)
     if interpolation is None:
         npz = not isinstance(checkpoint, Mapping) and str(checkpoint).endswith(".npz")
         interpolation = "bilinear" if npz else "bicubic"
@@ -174,17 +215,26 @@ def load_checkpoint(
         raise WeightMismatchError(f"{what}: {e}") from e
     shapes = variable_shapes(model)
     validate.check_float_dtypes(sd, _non_float_keys(shapes), what)
-    if not allow_nonfinite:
-        validate.check_finite(sd, what)
     if new_head:
         sd = _adapt_head(sd, model, seed)
+    put = place.Placer(keep, param_dtype, place.flat_shardings(shardings, shapes),
+                       check_finite=not allow_nonfinite)  # fmt: skip
     try:
-        variables = convert.torch_to_flax_variables(sd, shapes, what)
+        variables = convert.torch_to_flax_variables(
+            sd, shapes, what, put=put, stacked=stacked_lists(model), consume=True
+        )
     except WeightMismatchError as e:
         describe = getattr(family, "describe_state_dict", None)
         hint = f"\n  the checkpoint holds: {describe(sd)}" if describe else ""
         raise WeightMismatchError(f"{e}{hint}") from None
-    return jax.tree_util.tree_map(jnp.asarray, variables)
+    put.finish(variables, what)
+    return variables
+
+
+def build_model(name: str, dtype: Any = jnp.float32, **overrides: Any) -> Model:
+    """The model (a Flax module, no weights made) for a timm name: see variable_shapes."""
+    family = registry.resolve(name)[0]
+    return _build(family, registry.get_config(name, **overrides), dtype)
 
 
 def _build(family: str, cfg: Any, dtype: Any) -> Model:
@@ -196,9 +246,9 @@ def _create_from_hub(
     checkpoint_path: str | os.PathLike | None,
     seed: int,
     dtype: Any,
-    allow_nonfinite: bool,
     cache_dir: str | os.PathLike | None,
     overrides: dict[str, Any],
+    load: dict[str, Any],
 ) -> tuple[Model, Variables]:
     """An hf-hub: repo's model (its config.json, then overrides) with the repo's weights."""
     # As timm.create_model("hf-hub:...", pretrained=True): model_args and the pretrained cfg
@@ -219,7 +269,7 @@ def _create_from_hub(
         what=f"{name} ({checkpoint_path})",
         resample_pos_embed=resample,
         source_grid=getattr(source, "grid_size", None) if resample else None,
-        allow_nonfinite=allow_nonfinite,
+        **load,
     )
     return model, variables
 
@@ -232,27 +282,34 @@ def create_model(
     dtype: Any = jnp.float32,
     allow_nonfinite: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    param_dtype: Any = None,
+    shardings: Any = None,
     **overrides: Any,
 ) -> tuple[Model, Variables]:
-    """Model by timm name ('arch[.tag]' or 'hf-hub:org/repo[@rev]'), random or with weights."""
+    """Model by timm name ('arch[.tag]' or 'hf-hub:org/repo[@rev]'), random or with weights.
+
+    dtype: the compute dtype. param_dtype: the floating parameters' dtype (default float32, or a
+    checkpoint's own dtype where that is dtype: a bf16 file with dtype=bfloat16 stays bf16).
+    shardings: where each leaf goes (see load_checkpoint); random weights are made in place too.
+    """
     # pretrained=True downloads timm's weights from the Hugging Face hub as timm does (cache_dir,
     # else HF_HUB_CACHE, holds them). An img_size override (or pretrained=True) resamples the
     # checkpoint's pos_embed like timm.
+    load = dict(allow_nonfinite=allow_nonfinite, param_dtype=param_dtype, shardings=shardings)
     if name.startswith("local-dir:"):  # a save_pretrained folder, or one in timm's hub layout
         if overrides or checkpoint_path is not None:
             raise ValueError(f"{name}: a local-dir: model takes no overrides or checkpoint_path")
-        return load_pretrained(name, dtype=dtype, allow_nonfinite=allow_nonfinite)
+        return load_pretrained(name, dtype=dtype, **load)
     if hub.is_hub_name(name):  # always the repo's weights (timm's hf-hub: with pretrained=True)
-        args = (checkpoint_path, seed, dtype, allow_nonfinite, cache_dir, overrides)
-        return _create_from_hub(name, *args)
+        return _create_from_hub(name, checkpoint_path, seed, dtype, cache_dir, overrides, load)
     family, arch, tag = registry.resolve(name)
     defaults = _pretrained_defaults(name) if pretrained or tag else {}
     if pretrained and checkpoint_path is None:
         checkpoint_path = hub.pretrained_checkpoint(name, cache_dir)
     if checkpoint_path is None:
         model = _build(family, registry.get_config(name, **{**defaults, **overrides}), dtype)
-        return model, init_variables(model, seed)
-    sd = io.load_state_dict(checkpoint_path)
+        return model, init_variables(model, seed, param_dtype, shardings)
+    sd = io.load_state_dict(checkpoint_path, lazy=True)  # keys and shapes; values when converted
     implied = getattr(registry.model_module(family), "checkpoint_overrides", None)
     implied = implied(sd, registry.get_config(name)) if implied else {}
     model = _build(family, registry.get_config(name, **{**defaults, **implied, **overrides}), dtype)
@@ -266,7 +323,7 @@ def create_model(
         resample_pos_embed=resample,
         source_grid=_resample_source(name, checkpoint_path, defaults) if resample else None,
         interpolation="bilinear" if str(checkpoint_path).endswith(".npz") else "bicubic",
-        allow_nonfinite=allow_nonfinite,
+        **load,
     )
     return model, variables
 
@@ -374,10 +431,15 @@ def _config_from_dir(directory: str | os.PathLike) -> Any:
 
 
 def load_pretrained(
-    directory: str | os.PathLike, dtype: Any = jnp.float32, allow_nonfinite: bool = False
+    directory: str | os.PathLike,
+    dtype: Any = jnp.float32,
+    allow_nonfinite: bool = False,
+    param_dtype: Any = None,
+    shardings: Any = None,
 ) -> tuple[Model, Variables]:
     """Model and variables from a save_pretrained directory (or one in timm's hub layout)."""
     directory = str(directory).removeprefix("local-dir:")
     family = io.read_config(directory)["family"]
     model = _build(family, _config_from_dir(directory), dtype)
-    return model, load_checkpoint(model, directory, allow_nonfinite=allow_nonfinite)
+    load = dict(allow_nonfinite=allow_nonfinite, param_dtype=param_dtype, shardings=shardings)
+    return model, load_checkpoint(model, directory, **load)

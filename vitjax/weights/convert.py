@@ -5,21 +5,25 @@ One path rule (a numeric component joins the one before it: ``blocks.3.attn`` <-
 Dense kernel (in, out); Conv weight (O, I, kh, kw) <-> kernel (kh, kw, I, O); norm weight <->
 scale; BatchNorm running_mean / running_var <-> the ``batch_stats`` collection's mean / var
 (num_batches_tracked dropped, and re-made on export); everything else is copied. Every key and
-shape is checked against the model, both ways, and all offenders are named in one error.
+shape is checked against the model, both ways, and all offenders are named in one error. A list
+run with nn.scan (``stacked={"blocks": depth}``) keeps timm's per-item keys in files: its items'
+leaves are stacked on a leading axis on the way in and split on the way out.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from vitjax.weights.errors import WeightMismatchError
+from vitjax.weights.lazy import aligned_empty
 
 Params = dict[str, Any]
 _STATS = {"running_mean": "mean", "running_var": "var"}
+_TRACKED = "num_batches_tracked"
 _INDEXED = re.compile(r"^([A-Za-z_]\w*?)_(\d+)$")  # flax's name for item i of a list attribute
 
 
@@ -108,7 +112,7 @@ def _check(
     raise WeightMismatchError("\n".join(lines))
 
 
-def _torch_entry(path: tuple[str, ...], value: Any) -> tuple[str, tuple[int, ...]]:
+def torch_entry(path: tuple[str, ...], value: Any) -> tuple[str, tuple[int, ...]]:
     """The timm key and shape of a variables-tree leaf (errors name timm's keys and shapes)."""
     collection, *rest = path
     if collection == "batch_stats":
@@ -119,26 +123,96 @@ def _torch_entry(path: tuple[str, ...], value: Any) -> tuple[str, tuple[int, ...
     return key, arr.shape
 
 
+def _unstacked_paths(
+    path: tuple[str, ...], shape: tuple[int, ...], stacked: Mapping[str, int]
+) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+    """A leaf's per-item (path, shape)s: one per item of a stacked (nn.scan) list, else itself.
+
+    A list attribute scanned over (``blocks`` with ``stacked={"blocks": depth}``) holds item i's
+    leaf at index i of a leading axis, where an unrolled model has ``blocks_{i}/...``.
+    """
+    if len(path) > 1 and path[1] in stacked:
+        name, n = path[1], stacked[path[1]]
+        if tuple(shape[:1]) != (n,):
+            raise WeightMismatchError(f"{'/'.join(path)}: leading axis {shape[:1]}, expected {n}")
+        return [((path[0], f"{name}_{i}", *path[2:]), tuple(shape[1:])) for i in range(n)]
+    return [(path, tuple(shape))]
+
+
+def expected_torch_shapes(
+    expected: Mapping[str, Any], stacked: Mapping[str, int] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """{timm key: shape} of a variables tree of arrays or ShapeDtypeStructs."""
+    out = {}
+    for path, leaf in flatten(expected).items():
+        for p, shape in _unstacked_paths(path, np.shape(leaf), stacked or {}):
+            key, shape = torch_entry(p, np.broadcast_to(np.float32(0), shape))
+            out[key] = shape
+    return out
+
+
+def _copy(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+    return np.array(value, order="C")  # owned: see torch_to_flax_variables
+
+
 def torch_to_flax_variables(
     state_dict: Mapping[str, Any],
     expected: Mapping[str, Any] | None = None,
     what: str = "state_dict",
+    *,
+    put: Callable[[tuple[str, ...], np.ndarray], Any] | None = None,
+    stacked: Mapping[str, int] | None = None,
+    consume: bool = False,
 ) -> dict[str, Params]:
     """timm-key state_dict -> Flax variables ({"params", "batch_stats"}), checked against expected.
 
-    Every leaf is a fresh copy, never a view of the input: ``jnp.asarray`` on the CPU returns
-    before it has read its numpy source, so a view of a torch tensor that is then trained in place
-    (``from_timm`` and fine-tune the torch model) would reach JAX already updated.
+    Leaves are converted one at a time and handed to put(path, array) (default: a fresh numpy
+    copy, never a view of the input: ``jnp.asarray`` on the CPU may return before it has read its
+    numpy source, so a view of a torch tensor that is then trained in place would reach JAX
+    already updated). With consume=True each entry is removed from state_dict (a dict) once
+    converted, so its memory can go as the converted tree grows. stacked={"blocks": n}: timm's
+    ``blocks.{i}.*`` become one ``blocks/*`` leaf with a leading axis of n (nn.scan's layout).
     """
-    state_dict = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    put, stacked = put or _copy, dict(stacked or {})
     if expected is not None:
-        want = dict(_torch_entry(p, v) for p, v in flatten(expected).items())
-        _check({k: np.shape(v) for k, v in state_dict.items()}, want, what)
-    flat = {}
-    for key, value in state_dict.items():
+        want = expected_torch_shapes(expected, stacked)
+        got = {k: np.shape(v) for k, v in state_dict.items() if not k.endswith(_TRACKED)}
+        _check(got, want, what)
+    flat: dict[tuple[str, ...], Any] = {}
+    pending: dict[tuple[str, ...], list[Any]] = {}
+    for key in list(state_dict):
+        value = state_dict.pop(key) if consume else state_dict[key]
+        if key.endswith(_TRACKED):
+            continue
         path, arr = torch_leaf_to_flax(key, np.asarray(value))
-        flat[path] = np.array(arr, order="C")  # owned: see the docstring
+        del value
+        item = _stack_slot(path, stacked)
+        if item is None:
+            flat[path] = put(path, arr)
+            continue
+        spath, i = item
+        if spath not in pending:  # one buffer for the whole stack, filled item by item
+            pending[spath] = [aligned_empty((stacked[spath[1]], *arr.shape), arr.dtype), set()]
+        buf, seen = pending[spath]
+        buf[i] = arr
+        seen.add(i)
+        if len(seen) == len(buf):
+            flat[spath] = put(spath, pending.pop(spath)[0])
+    if pending:  # only without expected (which checks every item is present)
+        raise WeightMismatchError(f"{what}: incomplete stacked lists at {sorted(pending)[:4]}")
     return unflatten(flat)
+
+
+def _stack_slot(
+    path: tuple[str, ...], stacked: Mapping[str, int]
+) -> tuple[tuple[str, ...], int] | None:
+    """(stacked path, item index) of an unrolled leaf path that belongs to a stacked list."""
+    if len(path) < 2:
+        return None
+    m = _INDEXED.match(path[1])
+    if m is None or m.group(1) not in stacked:
+        return None
+    return (path[0], m.group(1), *path[2:]), int(m.group(2))
 
 
 def torch_to_flax(
@@ -151,27 +225,47 @@ def torch_to_flax(
     variables = torch_to_flax_variables(state_dict, want, what)
     if "batch_stats" in variables:
         stats = flatten(variables["batch_stats"]).items()
-        keys = sorted(_torch_entry(("batch_stats", *p), v)[0] for p, v in stats)
+        keys = sorted(torch_entry(("batch_stats", *p), v)[0] for p, v in stats)
         raise WeightMismatchError(f"{what}: unexpected BatchNorm statistics {keys[:4]}")
     return variables.get("params", {})
 
 
-def flax_to_torch_variables(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def flax_to_torch_variables(
+    variables: Mapping[str, Any], stacked: Mapping[str, int] | None = None
+) -> dict[str, np.ndarray]:
     """Flax variables ({"params"[, "batch_stats"]}) -> timm-key state_dict of numpy arrays."""
-    out = flax_to_torch(variables.get("params", {}))
-    for path, value in flatten(variables.get("batch_stats", {})).items():
+    out = flax_to_torch(variables.get("params", {}), stacked)
+    stats = unstack(variables.get("batch_stats", {}), stacked)
+    for path, value in stats.items():
         *mods, leaf = path
         prefix = ".".join(_flax_path_to_torch(tuple(mods)))
         inv = {v: k for k, v in _STATS.items()}
         out[f"{prefix}.{inv[leaf]}"] = np.ascontiguousarray(np.asarray(value))
-        out[f"{prefix}.num_batches_tracked"] = np.zeros((), np.int64)
+        out[f"{prefix}.{_TRACKED}"] = np.zeros((), np.int64)
     return out
 
 
-def flax_to_torch(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Flax params -> timm-key state_dict of numpy arrays."""
+def unstack(
+    tree: Mapping[str, Any], stacked: Mapping[str, int] | None = None
+) -> dict[tuple[str, ...], Any]:
+    """Flattened tree with each stacked (nn.scan) list split back into ``name_{i}`` items."""
     out = {}
-    for path, value in flatten(params).items():
+    for path, value in flatten(tree).items():
+        if path and path[0] in (stacked or {}):
+            value = np.asarray(value)
+            for i in range(value.shape[0]):
+                out[(f"{path[0]}_{i}", *path[1:])] = value[i]
+        else:
+            out[path] = value
+    return out
+
+
+def flax_to_torch(
+    params: Mapping[str, Any], stacked: Mapping[str, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Flax params -> timm-key state_dict of numpy arrays (stacked lists split per item)."""
+    out = {}
+    for path, value in unstack(params, stacked).items():
         key, arr = flax_leaf_to_torch(path, np.asarray(value))
         out[key] = np.ascontiguousarray(arr)
     return out

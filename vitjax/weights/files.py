@@ -19,6 +19,7 @@ import numpy as np
 
 from vitjax.weights import validate
 from vitjax.weights.errors import CheckpointError
+from vitjax.weights.lazy import LazySafetensors
 from vitjax.weights.npz_hybrid import load_npz  # the vit_jax / big_vision layouts, hybrids too
 
 CONFIG_NAME = "config.json"
@@ -44,16 +45,10 @@ _TORCH_GLOBALS = re.compile(
 )
 
 
-def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a .safetensors file as numpy arrays (numpy only)."""
-    import ml_dtypes  # noqa: F401  (registers bfloat16 / float8 with numpy; jax ships it)
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+def load_safetensors(path: str | os.PathLike, lazy: bool = False) -> dict[str, Any]:
+    """The tensors of a .safetensors file as numpy arrays (numpy only); lazy: read on access."""
+    tensors = LazySafetensors(path)
+    return dict(tensors) if lazy else {k: t.read() for k, t in tensors.items()}
 
 
 def load_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -143,20 +138,24 @@ def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """timm-key state_dict from a .safetensors, .pth/.bin or .npz file, or a save_pretrained dir."""
+def load_state_dict(path: str | os.PathLike, lazy: bool = False) -> dict[str, Any]:
+    """timm-key state_dict from a .safetensors, .pth/.bin or .npz file, or a save_pretrained dir.
+
+    lazy=True: a .safetensors file's tensors are LazyTensors (shape and dtype now, values read
+    by np.asarray), so a loader can convert them one at a time.
+    """
     path = Path(path)
     if path.is_dir():
         if not (path / WEIGHTS_NAME).is_file():
             raise CheckpointError(f"{path}: directory has no {WEIGHTS_NAME}")
-        return load_safetensors(path / WEIGHTS_NAME)
+        return load_safetensors(path / WEIGHTS_NAME, lazy)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if not path.is_file():
         raise CheckpointError(f"{path}: is {validate.file_kind(path.stat().st_mode)}, not a file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        return clean_state_dict(load_safetensors(path))
+        return clean_state_dict(load_safetensors(path, lazy))
     if suffix in (".pth", ".pt", ".bin", ".ckpt", ".tar"):
         return clean_state_dict(load_torch_file(path))
     if suffix == ".npz":
@@ -225,15 +224,12 @@ def _timm_model_config(family: str, cfg: Mapping[str, Any], path: Path) -> dict[
 
 def _written_by_vitjax(directory: Path) -> bool:
     """Whether the config.json / model.safetensors in directory are a pair vitjax wrote."""
-    from safetensors import SafetensorError, safe_open
-
     weights, config = directory / WEIGHTS_NAME, directory / CONFIG_NAME
     if weights.is_file():
         try:
-            with safe_open(str(weights), "numpy") as f:
-                if (f.metadata() or {}).get("writer") == _METADATA["writer"]:
-                    return True
-        except (SafetensorError, OSError, ValueError):
+            if LazySafetensors(weights).metadata.get("writer") == _METADATA["writer"]:
+                return True
+        except CheckpointError:
             pass
     if config.is_file():  # save_pretrained's layout, also from before the marker existed
         try:

@@ -249,15 +249,22 @@ def _names(items: Iterable[str], n: int = 10) -> str:
     return ", ".join(items[:n]) + more
 
 
+def _dtype(value: Any) -> np.dtype:
+    """A tensor's numpy dtype, without reading a lazy tensor's values."""
+    dtype = getattr(value, "dtype", None)
+    return dtype if isinstance(dtype, np.dtype) else np.asarray(value).dtype
+
+
 def check_float_dtypes(
     state_dict: Mapping[str, Any], non_float_keys: Iterable[str] = (), what: str = "state_dict"
 ) -> None:
     """Refuse integer, bool, complex or object tensors where the model holds float weights."""
     allowed = set(non_float_keys)
+    dtypes = {k: _dtype(v) for k, v in state_dict.items()}
     bad = [
-        f"{k} ({np.asarray(v).dtype})"
-        for k, v in state_dict.items()
-        if not is_float(np.asarray(v).dtype) and k not in allowed and not k.endswith(_NON_FLOAT_OK)
+        f"{k} ({dtype})"
+        for k, dtype in dtypes.items()
+        if not is_float(dtype) and k not in allowed and not k.endswith(_NON_FLOAT_OK)
     ]
     if bad:
         raise CheckpointError(
@@ -276,10 +283,15 @@ def check_finite(state_dict: Mapping[str, Any], what: str = "state_dict") -> Non
             if not finite.all():
                 bad.append(f"{k} ({v.size - int(finite.sum())} of {v.size} values)")
     if bad:
-        raise CheckpointError(
-            f"{what}: non-finite weights (NaN or Inf) in {_names(bad)}; pass "
-            "allow_nonfinite=True (convert: --allow-nonfinite) to load them anyway"
-        )
+        raise CheckpointError(nonfinite_message(what, bad))
+
+
+def nonfinite_message(what: str, bad: Iterable[str]) -> str:
+    """The error for non-finite weights, naming the offending keys."""
+    return (
+        f"{what}: non-finite weights (NaN or Inf) in {_names(bad)}; pass "
+        "allow_nonfinite=True (convert: --allow-nonfinite) to load them anyway"
+    )
 
 
 # --- model configs --------------------------------------------------------------------------
