@@ -6,12 +6,16 @@ layers (attention, MLP, norms, patch embedding) are in ``vitjax.layers``; vittor
 same model in PyTorch (plain blocks only). ``cfg.block_fn`` / ``attn_layer`` / ``mlp_layer`` pick
 timm's other blocks, differential attention and gated MLPs from ``vitjax.layers.blocks``;
 ``cfg.backbone`` a hybrid CNN stem (``vitjax.layers.hybrid_embed``), whose BatchNorm statistics
-live in the ``batch_stats`` collection.
+live in the ``batch_stats`` collection. ``cfg.scan_blocks`` runs the blocks as one ``nn.scan``
+(params stacked under ``blocks/``, leading axis depth; ``stacked_lists`` tells the converter, so
+files keep timm's ``blocks.{i}.*`` keys); ``cfg.remat_policy`` recomputes each block's
+activations in the backward pass (``nn.remat``), with or without scan.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +66,8 @@ __all__ = [
     "checkpoint_overrides",
     "config_from_timm",
     "describe_state_dict",
+    "drop_path_rates",
+    "stacked_lists",
     "timm_model_args",
 ]
 
@@ -151,12 +157,76 @@ class Block(nn.Module):
         return x + self.drop_path2(self.ls2(y) if self.ls2 else y, train)
 
 
+class ScanBlock(Block):
+    """Block as the body of nn.scan: (x, its drop-path rate) -> (x, x if collect else None)."""
+
+    def __call__(  # type: ignore[override]
+        self, x: jax.Array, rate: jax.Array, train: bool = False, collect: bool = False
+    ) -> tuple[jax.Array, jax.Array | None]:
+        y = self.attn(self.norm1(x), train)
+        x = x + self._drop_path(self.ls1(y) if self.ls1 else y, rate, train)
+        y = self.mlp(self.norm2(x), train)
+        x = x + self._drop_path(self.ls2(y) if self.ls2 else y, rate, train)
+        return x, (x if collect else None)
+
+    def _drop_path(self, x: jax.Array, rate: jax.Array, train: bool) -> jax.Array:
+        """DropPath with a traced rate (each scanned block has its own)."""
+        if not train or self.cfg.drop_path_rate == 0.0:
+            return x
+        keep = 1.0 - rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        scale = mask / jnp.where(keep > 0, keep, 1.0)  # rate 1 drops all, as timm's
+        return x * scale.astype(x.dtype)
+
+
+def drop_path_rates(cfg: ViTConfig) -> list[float]:
+    """Each block's drop-path rate: timm's linspace(0, drop_path_rate, depth)."""
+    return [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+
+
+def stacked_lists(cfg: ViTConfig) -> dict[str, int]:
+    """Module lists whose params are stacked on a leading axis (name -> length), for the
+    converter: {"blocks": depth} with scan_blocks, else {}."""
+    return {"blocks": cfg.depth} if cfg.scan_blocks else {}
+
+
+def _remat_policy(name: str) -> Any:
+    return getattr(jax.checkpoint_policies, "nothing_saveable" if name == "full" else name)
+
+
+@functools.cache
+def _remat(cls: type[nn.Module], policy: str, static_argnums: tuple[int, ...], scan: bool) -> Any:
+    """cls with nn.remat (one lifted class per block class and policy, made once)."""
+    # prevent_cse=False inside scan, as big_vision (scan already keeps XLA from merging them)
+    return nn.remat(
+        cls, policy=_remat_policy(policy), static_argnums=static_argnums, prevent_cse=not scan
+    )
+
+
+def scanned_blocks(cfg: ViTConfig, dtype: Dtype = jnp.float32) -> nn.Module:
+    """All depth blocks as one nn.scan over ScanBlock: params stacked on a leading depth axis.
+
+    Called as ``blocks(x, rates, train, collect) -> (x, (depth, B, N, C) outputs or None)``.
+    """
+    body: Any = ScanBlock
+    if cfg.remat_policy != "none":  # self=0, x=1, rate=2: train and collect are static
+        body = _remat(ScanBlock, cfg.remat_policy, (3, 4), True)
+    return nn.scan(
+        body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+        in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.depth,
+    )(cfg, dtype=dtype)  # fmt: skip
+
+
 def block_for(
     cfg: ViTConfig, depth: int, drop_path: float, dtype: Dtype = jnp.float32
 ) -> nn.Module:
     """Block number depth of this config: timm's block_fn with VisionTransformer's arguments."""
+    cls = Block if cfg.block_fn == "Block" else getattr(alt_blocks, cfg.block_fn)
+    if cfg.remat_policy != "none":  # self=0, x=1, train=2 (static)
+        cls = _remat(cls, cfg.remat_policy, (2,), False)
     if cfg.block_fn == "Block":
-        return Block(cfg, drop_path, dtype=dtype, depth=depth)
+        return cls(cfg, drop_path, dtype=dtype, depth=depth)
     kw = dict(
         dim=cfg.embed_dim, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
         qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, proj_bias=cfg.proj_bias,
@@ -173,7 +243,7 @@ def block_for(
         kw.update(mlp_layer=cfg.mlp_layer, attn_layer=cfg.attn_layer, dual_lambda=cfg.dual_lambda)
         if cfg.block_fn == "ParallelThingsBlock":
             kw["num_parallel"] = cfg.num_parallel
-    return getattr(alt_blocks, cfg.block_fn)(**kw)
+    return cls(**kw)
 
 
 class VisionTransformer(nn.Module):
@@ -196,8 +266,11 @@ class VisionTransformer(nn.Module):
             self.pos_embed = self.param("pos_embed", dense_init, (1, cfg.embed_len, dim))
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
         self.norm_pre = _norm(cfg, dt) if cfg.pre_norm else None
-        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        self.blocks = [block_for(cfg, i, rates[i], dt) for i in range(cfg.depth)]
+        if cfg.scan_blocks:
+            self.blocks = scanned_blocks(cfg, dt)
+        else:
+            rates = drop_path_rates(cfg)
+            self.blocks = [block_for(cfg, i, rates[i], dt) for i in range(cfg.depth)]
         self.norm = _norm(cfg, dt) if cfg.final_norm and not cfg.use_fc_norm else None
         self.attn_pool = attn_pool_for(cfg, dt) if cfg.global_pool == "map" else None
         self.fc_norm = _norm(cfg, dt) if cfg.final_norm and cfg.use_fc_norm else None
@@ -252,8 +325,11 @@ class VisionTransformer(nn.Module):
         x = self._pos_embed(x, train)
         if self.norm_pre is not None:
             x = self.norm_pre(x)
-        for blk in self.blocks:
-            x = blk(x, train)
+        if self.cfg.scan_blocks:
+            x, _ = self.blocks(x, jnp.asarray(drop_path_rates(self.cfg)), train, False)
+        else:
+            for blk in self.blocks:
+                x = blk(x, train)
         return self.norm(x) if self.norm is not None else x
 
     def pool(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -317,20 +393,28 @@ class VisionTransformer(nn.Module):
         return_prefix_tokens, a (patches, (B, num_prefix_tokens, C) prefix tokens) tuple. The
         final features are forward_features' output (of block max(indices) with stop_early).
         output_dict: timm's {"image_intermediates", "image_intermediates_prefix",
-        "image_features"} instead.
+        "image_features"} instead. With scan_blocks every block runs (the scan returns each
+        block's output) and stop_early only chooses which output is the final one.
         """
         cfg = self.cfg
         check_output_fmt(output_fmt)
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        take_indices, max_index = feature_take_indices(cfg.depth, indices)
         x = self._embed_patches(x, train, backbone_train)
         grid = x.shape[1:3] if cfg.dynamic_img_size else cfg.grid_size
         x = self._pos_embed(x, train)
         if self.norm_pre is not None:
             x = self.norm_pre(x)
-        x, intermediates = collect_intermediates(
-            x, lambda i, x: self.blocks[i](x, train), len(self.blocks), take_indices, max_index,
-            stop_early, self.norm if norm else None,
-        )  # fmt: skip
+        if cfg.scan_blocks:  # every block runs; the taken outputs are read off the stack
+            x, ys = self.blocks(x, jnp.asarray(drop_path_rates(cfg)), train, True)
+            x, intermediates = collect_intermediates(
+                x, lambda i, _: ys[i], cfg.depth, take_indices, max_index, stop_early,
+                self.norm if norm else None,
+            )  # fmt: skip
+        else:
+            x, intermediates = collect_intermediates(
+                x, lambda i, x: self.blocks[i](x, train), cfg.depth, take_indices, max_index,
+                stop_early, self.norm if norm else None,
+            )  # fmt: skip
         npt = cfg.num_prefix_tokens
         if output_dict:
             spatial, prefix = shape_intermediates(intermediates, npt, grid, output_fmt)

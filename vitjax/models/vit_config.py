@@ -31,6 +31,10 @@ BLOCK_FNS = ("Block", "ResPostBlock", "ParallelScalingBlock", "DiffParallelScali
 ATTN_LAYERS = ("attn", "diff")
 MLP_LAYERS = ("mlp", "glu", "swiglu", "swiglu_packed")
 _PARALLEL_SCALING = ("ParallelScalingBlock", "DiffParallelScalingBlock")  # one fused in_proj
+# Rematerialisation of each block's activations in the backward pass: "none", "full" (recompute
+# everything: jax.checkpoint_policies.nothing_saveable), or a jax.checkpoint_policies name.
+REMAT_POLICIES = ("none", "full", "nothing_saveable", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable")  # fmt: skip
 
 
 def mlp_ratio_for(dim: int, hidden: int) -> float:
@@ -90,6 +94,9 @@ class ViTConfig:
     embed_proj: bool = True  # HybridEmbed's proj conv (timm's embed_args=dict(proj=False))
     attn_impl: str = "auto"
     dense_impl: str = "auto"
+    # vitjax-only (timm has no such arguments; the weights keep timm's per-block keys):
+    scan_blocks: bool = False  # one nn.scan over stacked block params (params/blocks/...)
+    remat_policy: str = "none"  # REMAT_POLICIES: what each block keeps for the backward pass
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, dict):  # from JSON: the frozen config holds the dataclass
@@ -119,6 +126,22 @@ class ViTConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be positive")
         self._check_block_options()
         self._check_embed_options()
+        self._check_scan_options()
+
+    def _check_scan_options(self) -> None:
+        """scan_blocks needs identical blocks: the plain Block with standard attention."""
+        if not isinstance(self.scan_blocks, bool):
+            raise ValueError(f"scan_blocks={self.scan_blocks!r}: expected True or False")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"remat_policy={self.remat_policy!r}: expected one of {REMAT_POLICIES}"
+            )
+        if self.scan_blocks and (self.block_fn, self.attn_layer) != ("Block", "attn"):
+            raise ValueError(
+                f"scan_blocks=True needs block_fn='Block' and attn_layer='attn', not "
+                f"block_fn={self.block_fn!r}, attn_layer={self.attn_layer!r} (those blocks differ "
+                "by index or take their own drop-path rate; use scan_blocks=False)"
+            )
 
     def _check_embed_options(self) -> None:
         """A backbone's feature map must tile into patches, and feed embed_dim without proj."""

@@ -484,19 +484,23 @@ def _strip(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
+def _arrays(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in state_dict.items()}
+
+
 def filter_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Foreign layouts -> timm keys, as timm's checkpoint_filter_fn does (no resampling here)."""
-    sd = {k: np.asarray(v) for k, v in state_dict.items()}
+    sd = dict(state_dict)  # values stay as given (lazy file tensors too) unless rewritten here
     if MOBILECLIP_KEY in sd:  # timm's hybrid filter, before the ViT one
-        sd = _convert_mobileclip(sd)
+        sd = _convert_mobileclip(_arrays(sd))
     if "visual.class_embedding" in sd:
-        sd = _convert_openai_clip(sd, "visual.")
+        sd = _convert_openai_clip(_arrays(sd), "visual.")
     elif "module.visual.class_embedding" in sd:
-        sd = _convert_openai_clip(sd, "module.visual.")
+        sd = _convert_openai_clip(_arrays(sd), "module.visual.")
     elif "mask_token" in sd:
-        sd = _convert_dinov2(sd)
+        sd = _convert_dinov2(_arrays(sd))
     elif "vision_encoder.mask_token" in sd:
-        sd = _convert_dinov2(_strip(sd, "vision_encoder."))
+        sd = _convert_dinov2(_strip(_arrays(sd), "vision_encoder."))
     elif "visual.trunk.pos_embed" in sd or "visual.trunk.blocks.0.norm1.weight" in sd:
         head = sd.get("visual.head.proj.weight")
         sd = _strip(sd, "visual.trunk.")
@@ -551,7 +555,7 @@ def adapt_pos_embed(
     if pe.shape[1] == cfg.embed_len and grid == cfg.grid_size:
         return state_dict
     new = resample_abs_pos_embed(
-        jnp.asarray(pe, jnp.float32),
+        jnp.asarray(np.asarray(pe), jnp.float32),
         cfg.grid_size,
         grid,
         n_prefix,
@@ -566,7 +570,7 @@ def reshape_linear_patch_embed(state_dict: dict[str, np.ndarray], cfg: ViTConfig
     w = state_dict.get("patch_embed.proj.weight")
     if w is not None and w.ndim < 4:
         ph, pw = to_2tuple(cfg.patch_size)
-        state_dict["patch_embed.proj.weight"] = w.reshape(w.shape[0], -1, ph, pw)
+        state_dict["patch_embed.proj.weight"] = np.asarray(w).reshape(w.shape[0], -1, ph, pw)
 
 
 def describe_state_dict(state_dict: Mapping[str, Any]) -> str:
@@ -621,6 +625,8 @@ def _dual_lambda_diff_attention() -> type:
 
 _LAYER_FIELDS = ("block_fn", "attn_layer", "mlp_layer", "dual_lambda", "fuse_out_proj",
                  "num_parallel")  # fmt: skip
+# How vitjax runs the model, not what it is: timm builds the same weights without them.
+_VITJAX_ONLY = ("attn_impl", "dense_impl", "scan_blocks", "remat_policy")
 
 
 def timm_model_args(name: str, cfg: ViTConfig) -> dict[str, Any]:
@@ -635,7 +641,7 @@ def timm_model_args(name: str, cfg: ViTConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         new, old = getattr(cfg, f.name), getattr(base, f.name)
-        if new == old or f.name in ("attn_impl", "dense_impl", *_LAYER_FIELDS):
+        if new == old or f.name in (*_VITJAX_ONLY, *_LAYER_FIELDS):
             continue
         if f.name == "embed_norm":
             out["embed_norm_layer"] = cfg.norm_layer if new else None
