@@ -422,3 +422,26 @@ def test_mobileclip_layout_loads_as_timm_filters_it(tmp_path):
     x = _images(cfg)
     _assert_logits(flax_forward(model, variables, x)[0], _timm_forward(twin, x)[0],
                    "MobileCLIP layout logits", "float32_model")  # fmt: skip
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["stats-update", "stats-frozen"])
+def test_train_cli_freeze_batch_stats(tmp_path, frozen):
+    """--freeze-backbone keeps torch's default (running stats update in training mode);
+    --freeze-batch-stats also keeps them, as backbone.eval() in torch."""
+    from vitjax.cli import train as cli
+
+    name, kw = "vit_base_mci_224", dict(depth=1, img_size=32)
+    model, variables = vitjax.create_model(name, num_classes=10, **kw)
+    vitjax.save_pretrained(tmp_path / "init", model, variables)
+    out = tmp_path / "run"
+    flags = ["--init", str(tmp_path / "init"), "--freeze-backbone", "--epochs", "1",
+             "--batch-size", "16", "--out", str(out), "--no-progress"]  # fmt: skip
+    cli.main(flags + (["--freeze-batch-stats"] if frozen else []))
+    before = vitjax.to_timm_state_dict(model, variables)
+    after = io.load_state_dict(out / "model")
+    stats = [k for k in before if k.endswith("running_mean")]
+    assert stats
+    changed = [k for k in stats if not np.array_equal(before[k], after[k])]
+    assert (changed == []) if frozen else (changed == stats)
+    weights = [k for k in before if k.startswith("patch_embed") and k.endswith("weight")]
+    assert all(np.array_equal(before[k], after[k]) for k in weights)  # frozen either way

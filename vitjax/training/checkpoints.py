@@ -59,10 +59,17 @@ class RunLockedError(OSError):
 
 
 def array_checksums(tree: Any) -> dict[str, str]:
-    """sha256 of each array of a pytree (dtype, shape and bytes), keyed by its tree path."""
+    """sha256 of each array of a pytree (dtype, shape and bytes), keyed by its tree path.
+
+    The whole array's, however it is sharded: an array spread over several processes is
+    gathered one at a time (a collective: every process calls this on the same tree), so a
+    checkpoint written by N processes checks out when read by one, and the other way round.
+    """
+    from vitjax.training.sharding import host_array
+
     sums = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        a = np.ascontiguousarray(jax.device_get(leaf))
+        a = np.ascontiguousarray(host_array(leaf))
         h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a.reshape(-1).view(np.uint8)))
         sums[jax.tree_util.keystr(path, simple=True, separator="/")] = h.hexdigest()
@@ -154,7 +161,8 @@ class Checkpointer:
 
         Default: the newest checkpoint whose arrays match their checksums (a warning names each
         newer one skipped). An explicit epoch that is damaged raises CheckpointCorruptError.
-        sharding (e.g. replicated over a mesh) places the restored arrays; default: as in state.
+        sharding places the restored arrays: one Sharding (e.g. replicated over a mesh) or a
+        tree like state (e.g. fsdp); each process reads only its shards. Default: as in state.
         """
         if epoch is not None:
             return self._restore_checked(state, epoch, sharding)
@@ -187,11 +195,15 @@ class Checkpointer:
         """state filled from epoch's checkpoint, its arrays checked against their checksums."""
         args = self._ocp.args
 
-        def abstract(x: Any) -> jax.ShapeDtypeStruct:
-            s = sharding if sharding is not None else getattr(x, "sharding", None)
+        def abstract(x: Any, s: Any = None) -> jax.ShapeDtypeStruct:
+            s = s if s is not None else getattr(x, "sharding", None)
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
 
-        target = jax.tree_util.tree_map(abstract, self._tree(state))
+        tree = self._tree(state)
+        if sharding is None or isinstance(sharding, jax.sharding.Sharding):
+            target = jax.tree_util.tree_map(lambda x: abstract(x, sharding), tree)
+        else:  # a tree of shardings like state
+            target = jax.tree_util.tree_map(abstract, tree, self._tree(sharding))
         step = self.step_dir(epoch)
         damaged = _damaged_files(step)  # before orbax: it prints tracebacks on damaged files
         if damaged:
@@ -216,14 +228,20 @@ class Checkpointer:
         return state.replace(**got.state), dict(got.meta or {})
 
     def set_aside(self, epoch: int, folder: str | os.PathLike) -> Path:
-        """Move epoch's checkpoint into folder (kept for inspection, out of the listing)."""
+        """Move epoch's checkpoint into folder (kept for inspection, out of the listing).
+
+        On several processes every one calls it; process 0 moves the folder."""
+        from vitjax.training.sharding import sync_processes
+
         dest = Path(folder) / str(epoch)
         n = 1
         while dest.exists():
             n += 1
             dest = Path(folder) / f"{epoch}.{n}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(self.step_dir(epoch)), dest)
+        if jax.process_index() == 0:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.step_dir(epoch)), dest)
+        sync_processes(f"vitjax: checkpoint {epoch} set aside")
         self.manager.reload()
         return dest
 

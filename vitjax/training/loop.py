@@ -15,8 +15,10 @@ from vitjax.training.sharding import (
     jit_steps,
     make_mesh,
     pad_batch,
-    replicate,
+    padded_size,
+    place,
     shard_batch,
+    state_shardings,
 )
 from vitjax.training.steps import Batch, Metrics, Schedule, TrainState
 
@@ -27,8 +29,15 @@ def _pad(batch: Batch, batch_size: int, mesh: Mesh) -> Batch:
     Like torch's DataLoader, a short last batch runs at (about) its own size: one more compile
     of the step, instead of computing the padding every epoch (a small folder's only batch).
     """
-    n, d = len(batch["label"]), mesh.devices.size
-    return pad_batch(batch, min(batch_size, -(-n // d) * d))
+    return pad_batch(batch, padded_size(len(batch["label"]), batch_size, mesh.devices.size))
+
+
+def _device_batch(batch: Batch, batch_size: int, mesh: Mesh, process_local: bool) -> Batch:
+    """A host batch as a global array batch: padded and split (global), or as it is (local:
+    this process's rows of an already padded global batch)."""
+    if process_local:
+        return shard_batch(batch, mesh, process_local=True)
+    return shard_batch(_pad(batch, batch_size, mesh), mesh)
 
 
 def _summarise(metrics: list[Metrics]) -> tuple[float, float]:
@@ -62,12 +71,17 @@ def train_epoch(
     *,
     desc: str = "train",
     progress: bool = False,
+    process_local: bool = False,
 ) -> tuple[TrainState, list[Metrics]]:
-    """Run step_fn over one epoch of batches; the per-step metrics (device arrays)."""
+    """Run step_fn over one epoch of batches; the per-step metrics (device arrays).
+
+    process_local: each batch is this process's rows of the padded global batch (several
+    processes, each loading its own share); default: the whole global batch, unpadded.
+    """
     metrics = []
     bar = _bar(batches, desc, progress)
     for batch in bar:
-        state, m = step_fn(state, shard_batch(_pad(batch, batch_size, mesh), mesh), rng)
+        state, m = step_fn(state, _device_batch(batch, batch_size, mesh, process_local), rng)
         metrics.append(m)
         if progress and len(metrics) % 10 == 1:
             bar.set_postfix(loss=f"{float(m['loss']):.4f}")
@@ -82,10 +96,11 @@ def evaluate(
     batch_size: int,
     *,
     progress: bool = False,
+    process_local: bool = False,
 ) -> tuple[float, float]:
-    """Example-weighted mean loss and accuracy over batches."""
+    """Example-weighted mean loss and accuracy over batches (process_local: as train_epoch)."""
     metrics = [
-        eval_fn(state, shard_batch(_pad(b, batch_size, mesh), mesh))
+        eval_fn(state, _device_batch(b, batch_size, mesh, process_local))
         for b in _bar(batches, "val", progress)
     ]
     return _summarise(metrics)
@@ -104,6 +119,8 @@ def fit(
     mesh: Mesh | None = None,
     on_epoch_end: Callable[[TrainState, dict[str, Any]], None] | None = None,
     progress: bool = False,
+    state_sharding: Any = None,
+    process_local: bool = False,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train epochs start_epoch..epochs-1 (train_data(e) gives epoch e's batches), evaluating each.
 
@@ -111,21 +128,26 @@ def fit(
     train_acc, val_loss, val_acc, seconds (the epoch's wall time, training and validation) and
     images_per_s (training examples per second of training). Batches are padded to batch_size
     and split over mesh (default: all devices). on_epoch_end(state, record) runs after each
-    epoch (checkpoints, logs).
+    epoch (checkpoints, logs). state_sharding: where the state lives during training (a tree
+    like the state, e.g. ``state_shardings(state, mesh, "fsdp")``); default: replicated.
+    process_local: the batches are each process's own rows (train_epoch).
     """
     mesh = mesh if mesh is not None else make_mesh()
     check_batch_size(batch_size, mesh)
     rng = rng if rng is not None else jax.random.PRNGKey(0)
-    step_fn, eval_fn = jit_steps(mesh)
-    state = replicate(state, mesh)
+    if state_sharding is None:
+        state_sharding = state_shardings(state, mesh)
+    step_fn, eval_fn = jit_steps(mesh, state_sharding)
+    state = place(state, state_sharding)
     history = []
     for epoch in range(start_epoch, epochs):
         lr = float(lr_schedule(int(state.step))) if lr_schedule is not None else math.nan
         desc = f"epoch {epoch + 1}/{epochs}"
         start = time.perf_counter()
         state, metrics = train_epoch(
-            state, train_data(epoch), rng, step_fn, mesh, batch_size, desc=desc, progress=progress
-        )
+            state, train_data(epoch), rng, step_fn, mesh, batch_size, desc=desc,
+            progress=progress, process_local=process_local,
+        )  # fmt: skip
         train_loss, train_acc = _summarise(metrics)  # waits for the epoch's last step
         train_seconds = time.perf_counter() - start
         images = sum(float(m["count"]) for m in jax.device_get(metrics))
@@ -137,8 +159,9 @@ def fit(
         val_loss, val_acc = math.nan, math.nan
         if val_data is not None:
             val_loss, val_acc = evaluate(
-                state, val_data(epoch), eval_fn, mesh, batch_size, progress=progress
-            )
+                state, val_data(epoch), eval_fn, mesh, batch_size, progress=progress,
+                process_local=process_local,
+            )  # fmt: skip
         record = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -165,5 +188,3 @@ def format_record(record: dict[str, Any]) -> str:
     if "seconds" in record:
         line += f"  {record['seconds']:.1f} s  {record['images_per_s']:.1f} img/s"
     return line
-
-

@@ -23,18 +23,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from vitjax.models.vit import VisionTransformer
 from vitjax.models.vit_config import ViTConfig
 from vitjax.training.loop import fit, format_record
-from vitjax.training.sharding import check_batch_size, make_mesh, maybe_initialize_distributed
+from vitjax.training.sharding import (
+    PARAM_SHARDINGS,
+    check_batch_size,
+    make_mesh,
+    maybe_initialize_distributed,
+    padded_size,
+    state_shardings,
+    sync_processes,
+    to_host,
+)
 from vitjax.training.steps import (
     OPTIMIZERS,
     Schedule,
     TrainState,
     create_train_state,
     make_optimizer,
+    variables_of,
 )
 from vitjax.util import to_2tuple
 
@@ -52,6 +61,7 @@ class RunConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     init: str | None = None
     freeze_backbone: bool = False
+    freeze_batch_stats: bool = False
     num_classes: int | None = None
     img_size: int | None = None
     epochs: int = 10
@@ -75,6 +85,7 @@ class RunConfig:
     seed: int = 0
     workers: int = 0
     precision: str = "fp32"
+    param_sharding: str = "replicated"
     keep: int = 3
     progress: bool = True
     resume: bool = False
@@ -96,6 +107,10 @@ class RunConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision={self.precision!r}: expected 'fp32' or 'bf16'")
+        if self.param_sharding not in PARAM_SHARDINGS:
+            raise ValueError(
+                f"param_sharding={self.param_sharding!r}: expected one of {PARAM_SHARDINGS}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""
@@ -150,7 +165,9 @@ def check_type(name: str, value: Any, hint: Any) -> None:
 
 
 def _log(msg: str, cfg: RunConfig) -> None:
-    """Print a line without breaking the progress bars."""
+    """Print a line without breaking the progress bars (on several processes: process 0's)."""
+    if jax.distributed.is_initialized() and jax.process_index() != 0:
+        return
     if cfg.progress:
         from tqdm.auto import tqdm
 
@@ -326,12 +343,15 @@ def model_overrides(cfg: RunConfig) -> dict[str, Any]:
 
 
 def build_model(
-    cfg: RunConfig, num_classes: int, *, weights: bool = True
+    cfg: RunConfig, num_classes: int, *, weights: bool = True, shardings: Any = None
 ) -> tuple[VisionTransformer, dict[str, Any] | None, dict[str, Any]]:
     """Model, variables and the init checkpoint's pretrained_cfg ({} when there is none).
 
     weights=False (a resumed run, whose checkpoint has the weights) skips initialising or loading
-    them where the model does not depend on them, and returns variables=None.
+    them where the model does not depend on them, and returns variables=None. shardings: where
+    the variables go (a tree like ``variable_shapes(model)`` of jax.sharding.Sharding, or a
+    callable taking that tree of shapes and returning one): each array is read or initialised
+    straight into its sharding (factory's ``shardings=``); default: the default device.
     """
     from vitjax.factory import create_model, load_checkpoint
     from vitjax.registry import get_config
@@ -350,15 +370,18 @@ def build_model(
         new_head = old_classes != num_classes
         if new_head and weights:
             _log(f"--init {init}: fresh {num_classes}-class head (it had {old_classes})", cfg)
-        variables = (
-            load_checkpoint(model, init, new_head=new_head, seed=cfg.seed) if weights else None
-        )
+        variables = None
+        if weights:
+            variables = load_checkpoint(
+                model, init, new_head=new_head, seed=cfg.seed, shardings=shardings
+            )
         return model, variables, dict(saved.get("pretrained_cfg") or {})
     if init is None and not weights:
         return VisionTransformer(get_config(cfg.model, **overrides), dtype=dtype), None, {}
     model, variables = create_model(
-        cfg.model, checkpoint_path=init, seed=cfg.seed, dtype=dtype, **overrides
-    )
+        cfg.model, checkpoint_path=init, seed=cfg.seed, dtype=dtype, shardings=shardings,
+        **overrides,
+    )  # fmt: skip
     return model, variables, {}
 
 
@@ -380,8 +403,21 @@ def data_config_for(cfg: RunConfig, model: VisionTransformer, pretrained_cfg: di
     return transforms.DataConfig(input_size=input_size)
 
 
-def make_loaders(cfg: RunConfig, train_ds: Any, val_ds: Any, data_config: Any):
-    """Epoch -> batches functions for training (seeded augmentation) and validation."""
+def make_loaders(
+    cfg: RunConfig,
+    train_ds: Any,
+    val_ds: Any,
+    data_config: Any,
+    *,
+    process_local: bool = False,
+    devices: int = 1,
+):
+    """Epoch -> batches functions for training (seeded augmentation) and validation.
+
+    process_local (several processes): each process loads and transforms only its own rows of
+    each global batch, padded as one process would pad it over ``devices`` devices
+    (make_process_loader); default: every batch whole.
+    """
     from vitjax.training import data, transforms
 
     if cfg.augment:
@@ -390,6 +426,19 @@ def make_loaders(cfg: RunConfig, train_ds: Any, val_ds: Any, data_config: Any):
     else:
         train_tf = transforms.EvalTransform(data_config)
     eval_tf = transforms.EvalTransform(data_config)
+    if process_local:
+        c, h, w = data_config.input_size
+        kw = {"devices": devices, "image_shape": (h, w, c), "worker_count": cfg.workers}
+
+        def train_local(epoch: int) -> Any:
+            return make_process_loader(
+                train_ds, train_tf, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, **kw
+            )
+
+        def val_local(epoch: int) -> Any:
+            return make_process_loader(val_ds, eval_tf, cfg.batch_size, shuffle=False, **kw)
+
+        return train_local, val_local
 
     def train_data(epoch: int) -> Any:
         return data.make_loader(
@@ -408,6 +457,79 @@ def make_loaders(cfg: RunConfig, train_ds: Any, val_ds: Any, data_config: Any):
         )
 
     return train_data, val_data
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProcessRows:
+    """Picklable grain map: a global batch's source indices -> this process's rows of it,
+    padded (zeros, mask 0) exactly as the whole batch would be."""
+
+    load: Any  # data._LoadExample: source index -> {"image", "label"}
+    batch_size: int
+    devices: int
+    image_shape: tuple[int, int, int]
+    process_index: int
+    process_count: int
+
+    def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        size = padded_size(len(indices), self.batch_size, self.devices)
+        rows = size // self.process_count
+        start = self.process_index * rows
+        mine = [self.load(int(i)) for i in indices[start : start + rows]]
+        out = {
+            "image": np.zeros((rows, *self.image_shape), np.float32),
+            "label": np.zeros(rows, np.int32),
+            "mask": np.zeros(rows, np.float32),
+        }
+        for k, example in enumerate(mine):
+            out["image"][k], out["label"][k], out["mask"][k] = example["image"], example["label"], 1
+        return out
+
+
+def make_process_loader(
+    source: Any,
+    transform: Any,
+    batch_size: int,
+    *,
+    devices: int,
+    image_shape: tuple[int, int, int],
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    worker_count: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Any:
+    """This process's share of ``data.make_loader``'s epoch: the same global batches (grain's
+    seeded shuffle, per-example augmentation from ``example_rng``), each padded to
+    ``padded_size`` over ``devices`` devices with a 0/1 mask, of which process i loads and
+    transforms only rows i*L..(i+1)*L-1 (L = padded size / process count): what
+    ``shard_batch(..., process_local=True)`` takes. The processes' rows, concatenated, are the
+    padded global batch. Default process index and count: jax's.
+    """
+    import functools
+    import os
+
+    import grain
+
+    from vitjax.training import data
+
+    i = jax.process_index() if process_index is None else process_index
+    n = jax.process_count() if process_count is None else process_count
+    if batch_size % devices or devices % n:
+        raise ValueError(f"batch size {batch_size} over {devices} devices on {n} processes")
+    ds = grain.MapDataset.range(len(source))
+    if shuffle:
+        ds = ds.shuffle(seed=data.shuffle_seed(seed, epoch))
+    load = data._LoadExample(source, transform, seed, epoch)
+    ds = ds.batch(batch_size).map(_ProcessRows(load, batch_size, devices, image_shape, i, n))
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+    if worker_count > 0:
+        data._mark_absl_flags_parsed()
+        options = grain.MultiprocessingOptions(num_workers=worker_count)
+        init = functools.partial(data._quiet_worker, parent=os.getpid())
+        it_ds = it_ds.mp_prefetch(options, worker_init_fn=init)
+    return data.Loader(it_ds, -(-len(source) // batch_size), worker_count)
 
 
 def make_tx(cfg: RunConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation, Schedule]:
@@ -473,10 +595,11 @@ def train_and_evaluate(cfg: RunConfig, given: Iterable[str] | None = None) -> li
 
 def _run(cfg: RunConfig, given: Iterable[str] | None, mesh: Any) -> list[dict[str, Any]]:
     """train_and_evaluate once OUT is locked."""
-    from vitjax.factory import count_params, param_shapes, save_pretrained
+    from vitjax.factory import count_params, save_pretrained, variable_shapes
     from vitjax.training import checkpoints as ck
     from vitjax.training import data
 
+    main, local = jax.process_index() == 0, jax.process_count() > 1  # local: per-process data
     cfg = prepare_run_dir(cfg, given)
     out = Path(cfg.out)
     if cfg.epochs > (cfg.schedule_epochs or cfg.epochs):
@@ -498,19 +621,34 @@ def _run(cfg: RunConfig, given: Iterable[str] | None, mesh: Any) -> list[dict[st
     fingerprint = data.fingerprint(full, cfg.data)
     data_note = check_data(cfg, fingerprint)
     train_ds, val_ds, class_names = split_dataset(cfg, full)
-    model, variables, pretrained_cfg = build_model(cfg, len(class_names), weights=not start)
+
+    def shardings(tree: Any) -> Any:  # variables and state: replicated, or fsdp over the mesh
+        return state_shardings(tree, mesh, cfg.param_sharding)
+
+    model, variables, pretrained_cfg = build_model(
+        cfg, len(class_names), weights=not start, shardings=shardings
+    )
     data_config = data_config_for(cfg, model, pretrained_cfg)
-    train_data, val_data = make_loaders(cfg, train_ds, val_ds, data_config)
+    train_data, val_data = make_loaders(
+        cfg, train_ds, val_ds, data_config, process_local=local, devices=mesh.devices.size
+    )
     tx, schedule = make_tx(cfg, steps_per_epoch=-(-len(train_ds) // cfg.batch_size))
+    frozen = cfg.freeze_batch_stats
     if variables is None:  # resumed: only the shapes, the checkpoint has the values
-        variables = {"params": param_shapes(model)}
+        variables = variable_shapes(model)
         state = jax.eval_shape(
-            lambda v: create_train_state(model, v, tx, cfg.label_smoothing), variables
+            lambda v: create_train_state(model, v, tx, cfg.label_smoothing, frozen), variables
         )
     else:
-        state = create_train_state(model, variables, tx, cfg.label_smoothing)
+        state = create_train_state(
+            model, variables, tx, cfg.label_smoothing, frozen, shardings=shardings
+        )
+    state_sharding = shardings(state)
     ck.check_free_space(out, _checkpoint_bytes(state) * (cfg.keep + 2))
-    commit_run_dir(cfg, fingerprint)  # everything checked: only now is OUT written
+    sync_processes("vitjax: run folder checked")  # by every process, before process 0 writes it
+    if main:
+        commit_run_dir(cfg, fingerprint)  # everything checked: only now is OUT written
+    sync_processes("vitjax: run folder committed")
     if data_note:
         _log(data_note, cfg)
     _log(
@@ -524,14 +662,15 @@ def _run(cfg: RunConfig, given: Iterable[str] | None, mesh: Any) -> list[dict[st
     stop = _StopRequest(cfg)
     try:
         if start:
-            state, start = _restore(ckpt, state, start, mesh, cfg)
+            state, start = _restore(ckpt, state, start, state_sharding, cfg)
             history = [r for r in history if r["epoch"] <= start]
             _log(f"resumed from {out / ck.CHECKPOINT_DIR} after epoch {start}", cfg)
 
         def on_epoch_end(state: TrainState, record: dict[str, Any]) -> None:
             history.append(record)
-            ckpt.save(record["epoch"], state, {"epoch": record["epoch"]})
-            ck.write_metrics(out / ck.METRICS_NAME, history)
+            ckpt.save(record["epoch"], state, {"epoch": record["epoch"]})  # every process
+            if main:
+                ck.write_metrics(out / ck.METRICS_NAME, history)
             _log(format_record(record), cfg)
             if record["epoch"] < cfg.epochs:
                 stop.after_epoch(record["epoch"])
@@ -548,11 +687,13 @@ def _run(cfg: RunConfig, given: Iterable[str] | None, mesh: Any) -> list[dict[st
                 lr_schedule=schedule,
                 mesh=mesh,
                 on_epoch_end=on_epoch_end,
-                progress=cfg.progress,
+                progress=cfg.progress and main,
+                state_sharding=state_sharding,
+                process_local=local,
             )
     except (KeyboardInterrupt, FloatingPointError) as e:
         ckpt.wait()  # the pending save completes: the last good epoch stays loadable
-        if history:
+        if history and main:
             ck.plot_curves(history, out / ck.CURVES_NAME)
         raise _stopped(e, ckpt.latest_epoch(), out) from None
     finally:
@@ -563,10 +704,12 @@ def _run(cfg: RunConfig, given: Iterable[str] | None, mesh: Any) -> list[dict[st
         "num_classes": len(class_names),
         "label_names": list(class_names),
     }
-    params = jax.device_get(state.params)
-    save_pretrained(out / ck.MODEL_DIR, model, {"params": params}, pretrained_cfg)
-    if history:
-        ck.plot_curves(history, out / ck.CURVES_NAME)
+    variables = to_host(variables_of(state))  # every process: a gather of what others hold
+    if main:  # params and a hybrid's BatchNorm statistics
+        save_pretrained(out / ck.MODEL_DIR, model, variables, pretrained_cfg)
+        if history:
+            ck.plot_curves(history, out / ck.CURVES_NAME)
+    sync_processes("vitjax: run written")
     return history
 
 
@@ -583,12 +726,12 @@ def _latest_epoch(directory: Path, keep: int) -> int | None:
         ckpt.close()
 
 
-def _restore(ckpt: Any, state: Any, start: int, mesh: Any, cfg: RunConfig) -> tuple[Any, int]:
-    """(state, epoch) of the newest good checkpoint; newer damaged ones are named in the log
-    and moved to OUT/corrupt_checkpoints (out of the way of the epochs trained again)."""
+def _restore(ckpt: Any, state: Any, start: int, sharding: Any, cfg: RunConfig) -> tuple[Any, int]:
+    """(state, epoch) of the newest good checkpoint, in sharding (a tree like the state); newer
+    damaged ones are named in the log and moved to OUT/corrupt_checkpoints (out of the way of the
+    epochs trained again)."""
     from vitjax.training import checkpoints as ck
 
-    sharding = NamedSharding(mesh, PartitionSpec())
     try:
         state, _, epoch, problems = ckpt.restore_newest_good(state, sharding=sharding)
     except ck.CheckpointCorruptError as e:

@@ -11,6 +11,7 @@ in ``state.batch_stats``, updated in training mode as torch updates them; with
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -38,16 +39,26 @@ class TrainState(train_state.TrainState):
     freeze_batch_stats: bool = struct.field(pytree_node=False, default=False)
 
 
+SCANNED_LISTS = ("blocks",)  # list attributes the models can stack for nn.scan
+
+
 def _top_name(path: tuple[Any, ...]) -> str:
     """Name of the top-level module or parameter of a tree path."""
     return str(getattr(path[0], "key", path[0]))
 
 
 def decay_mask(params: Any) -> Any:
-    """True where timm's AdamW decays: not 1-D (biases, norms, scales), not a token or pos_embed."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, p: bool(np.ndim(p) > 1 and _top_name(path) not in NO_WEIGHT_DECAY), params
-    )
+    """True where timm's AdamW decays: not 1-D (biases, norms, scales), not a token or pos_embed.
+
+    Blocks run with nn.scan (``scan_blocks=True``: a top-level ``blocks`` without an index) hold
+    each block's leaf on a leading axis, which does not count.
+    """
+
+    def decays(path: tuple[Any, ...], p: Any) -> bool:
+        top = _top_name(path)
+        return bool(np.ndim(p) - (top in SCANNED_LISTS) > 1 and top not in NO_WEIGHT_DECAY)
+
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def head_labels(params: Any) -> Any:
@@ -99,26 +110,49 @@ def create_train_state(
     tx: optax.GradientTransformation,
     label_smoothing: float = 0.0,
     freeze_batch_stats: bool = False,
+    *,
+    shardings: Any = None,
 ) -> TrainState:
     """A fresh TrainState at step 0 (params copied, so donating it leaves variables intact).
 
     freeze_batch_stats: train with the backbone's BatchNorm in eval mode (running statistics
     used and kept), for models whose apply takes ``backbone_train`` (the vit family's hybrids).
+    shardings: where the state's arrays go, a tree like the state (its leaves
+    jax.sharding.Sharding) or a callable taking the state's shapes (a TrainState of
+    ShapeDtypeStructs) and returning one, e.g. ``lambda s: fsdp_shardings(s, mesh)``. The
+    optimizer state is made in place, shard by shard (no device holds more than its share);
+    default: on the default device.
     """
-    params = jax.tree_util.tree_map(jnp.array, variables["params"])
     stats = variables.get("batch_stats")
     if freeze_batch_stats and stats is None:
         raise ValueError("freeze_batch_stats: the model has no BatchNorm statistics to freeze")
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        apply_fn=model.apply,
-        params=params,
-        tx=tx,
-        opt_state=jax.jit(tx.init)(params),
-        batch_stats=None if stats is None else jax.tree_util.tree_map(jnp.array, stats),
-        label_smoothing=label_smoothing,
-        freeze_batch_stats=freeze_batch_stats,
-    )
+
+    def build(params: Any, stats: Any, init: Callable = tx.init) -> TrainState:
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            apply_fn=model.apply,
+            params=params,
+            tx=tx,
+            opt_state=init(params),
+            batch_stats=stats,
+            label_smoothing=label_smoothing,
+            freeze_batch_stats=freeze_batch_stats,
+        )
+
+    params = variables["params"]
+    if shardings is None:
+        copy = functools.partial(jax.tree_util.tree_map, jnp.array)
+        return build(copy(params), None if stats is None else copy(stats), jax.jit(tx.init))
+    from vitjax.training.sharding import place
+
+    if isinstance(shardings, jax.sharding.Sharding):  # one for every array
+        one = shardings
+        shardings = jax.tree_util.tree_map(lambda _: one, jax.eval_shape(build, params, stats))
+    elif callable(shardings):
+        shardings = shardings(jax.eval_shape(build, params, stats))
+    params = place(params, shardings.params)
+    stats = None if stats is None else place(stats, shardings.batch_stats)
+    return jax.jit(build, out_shardings=shardings)(params, stats)  # new buffers: a copy
 
 
 def variables_of(state: TrainState, params: Any = None) -> dict[str, Any]:
@@ -182,5 +216,3 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
     """Loss and accuracy of the model in eval mode (no dropout)."""
     logits = state.apply_fn(variables_of(state), batch["image"], train=False)
     return loss_and_metrics(logits, batch, state.label_smoothing)[1]
-
-
