@@ -20,8 +20,10 @@ demo: $(STAMP)
 		--img-size 16 --model-args patch_size=4 embed_dim=64 depth=3 num_heads=4 \
 		--epochs 30 --batch-size 16 --lr 1e-3 --crop-scale 0.7 1.0 $(DEMO_ARGS)
 
+# Two workers (pytest-xdist): most tests are single-threaded compiles, so both cores stay busy.
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest parity_tests -q $(PYTEST_ARGS)
+	$(PY) -m pytest parity_tests -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The core install alone (no train/torch extras) in a fresh venv: build, load .safetensors, run.
 core-check:

@@ -55,6 +55,7 @@ def probe(keep: bool) -> dict:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
+@pytest.mark.slow
 def test_keep_freed_memory_stops_page_faults_per_call():
     kept, default = probe(keep=True), probe(keep=False)
     assert kept["applied"] and kept["late"]

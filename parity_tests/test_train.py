@@ -207,6 +207,7 @@ def test_train_step_frozen_backbone_matches_torch(config):
     report(f"{config} frozen", rep, worst)
 
 
+@pytest.mark.slow
 def test_fit_matches_torch():
     """vitjax.train.fit and vittorch.train.fit: the same epoch records and final weights."""
     cfg = CONFIGS["odd_reg_ls"]

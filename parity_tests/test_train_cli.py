@@ -74,6 +74,7 @@ def run_script(name: str, *args: str) -> str:
     return finish(script(name, *args))
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(tmp_path):
     """2 epochs, then --resume to 4 == 4 epochs straight: metrics.jsonl and final weights."""
     straight = script(
