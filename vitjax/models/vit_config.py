@@ -373,6 +373,8 @@ VARIANTS: dict[str, dict[str, Any]] = dict([
     _m("vit_large_patch16_224", "large", 16, 224),
     _m("vit_large_patch16_384", "large", 16, 384),
     _m("vit_large_patch14_224", "large", 14, 224),
+    _m("eva_large_patch14_196", "large", 14, 196, global_pool="avg"),  # EVA-01 (MIM), timm ViT
+    _m("eva_large_patch14_336", "large", 14, 336, global_pool="avg"),
     _m("vit_huge_patch14_224", "huge", 14, 224, num_classes=0),
     _m("vit_giant_patch14_224", "giant", 14, 224),
     _m("vit_gigantic_patch14_224", "gigantic", 14, 224),
