@@ -40,10 +40,9 @@ def init_variables(
         variables = dict(model.init(rng, x))
         return _cast_floats(variables, param_dtype) if param_dtype is not None else variables
 
-    out = None
-    if shardings is not None:
-        out = shardings(variable_shapes(model)) if callable(shardings) else shardings
-    return dict(jax.jit(init, out_shardings=out)(jax.random.PRNGKey(seed)))
+    if callable(shardings):
+        shardings = place.resolve_shardings(shardings, variable_shapes(model))
+    return dict(jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed)))
 
 
 def _cast_floats(tree: Any, dtype: Any) -> Any:

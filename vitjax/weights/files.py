@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from vitjax.weights import lazy as lazy_io
 from vitjax.weights import validate
 from vitjax.weights.errors import CheckpointError
 from vitjax.weights.lazy import LazySafetensors
@@ -47,8 +48,7 @@ _TORCH_GLOBALS = re.compile(
 
 def load_safetensors(path: str | os.PathLike, lazy: bool = False) -> dict[str, Any]:
     """The tensors of a .safetensors file as numpy arrays (numpy only); lazy: read on access."""
-    tensors = LazySafetensors(path)
-    return dict(tensors) if lazy else {k: t.read() for k, t in tensors.items()}
+    return dict(LazySafetensors(path)) if lazy else lazy_io.load(path)
 
 
 def load_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:

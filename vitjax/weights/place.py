@@ -54,12 +54,14 @@ def target_dtype(dtype: np.dtype, keep: Any, param_dtype: Any = None) -> np.dtyp
     return dtype if dtype in (np.dtype(keep), np.dtype(np.float32)) else np.dtype(np.float32)
 
 
+def resolve_shardings(shardings: Any, shapes: Mapping[str, Any]) -> Any:
+    """A shardings argument as a tree like shapes (a callable is called on shapes)."""
+    return shardings(shapes) if callable(shardings) else shardings
+
+
 def flat_shardings(shardings: Any, shapes: Mapping[str, Any]) -> dict[Path, Any]:
     """{variables path: Sharding} from a tree like variable_shapes(model), or a callable on it."""
-    if shardings is None:
-        return {}
-    tree = shardings(shapes) if callable(shardings) else shardings
-    return convert.flatten(tree)
+    return {} if shardings is None else convert.flatten(resolve_shardings(shardings, shapes))
 
 
 class Placer:

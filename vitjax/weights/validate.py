@@ -229,20 +229,6 @@ def is_float(dtype: Any) -> bool:
     )
 
 
-def float_weights(state_dict: Mapping[str, Any], dtype: Any = np.float32) -> dict[str, Any]:
-    """Floating leaves as float32, except those already in dtype (so bf16 stays bf16 if asked)."""
-    # Half-precision weights would otherwise become half-precision params, whose optimizer
-    # updates underflow; nothing is ever narrowed here.
-    keep = np.dtype(dtype)
-    out = {}
-    for k, v in state_dict.items():
-        v = np.asarray(v)
-        if is_float(v.dtype) and v.dtype != keep and v.dtype != np.float32:
-            v = v.astype(np.float32)
-        out[k] = v
-    return out
-
-
 def _names(items: Iterable[str], n: int = 10) -> str:
     items = list(items)
     more = f" and {len(items) - n} more" if len(items) > n else ""
