@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from parity_tests.helpers import same_xla_env
 from parity_tests.parity import assert_close
 from vitjax.training import checkpoints as ck
 from vitjax.training.run import RunConfig, prepare_run_dir, train_and_evaluate
@@ -52,13 +53,15 @@ TINY_FLAGS = [
 
 
 def script(name: str, *args: str) -> subprocess.Popen:
-    """scripts/<name> started in a subprocess (stdout and stderr piped)."""
+    """scripts/<name> started in a subprocess (stdout and stderr piped), with this process's
+    XLA settings: tests compare its runs bit for bit with runs in this process."""
     return subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / name), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        env=same_xla_env(),
     )
 
 
