@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from devtools.cpu_tuning import available_memory_bytes
 from vitjax.cli.verify import (  # noqa: F401  (re-exported for the tests)
     flax_forward,
     images,
@@ -149,17 +150,6 @@ def randomize_stats_(module: Any, seed: int = 0) -> Any:
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
     return module
-
-
-def mem_available() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _meta_timm(name: str, **kwargs: Any) -> Any:
@@ -407,7 +397,7 @@ def coverage_row(
         depth = CUT_DEPTH
     elif full_depth and full_blocks > CUT_DEPTH:
         need = 4 * 4 * _n_params(meta_full) + (2 << 30)  # timm, two vitjax copies, the export
-        have = mem_available()
+        have = available_memory_bytes()
         if have is not None and need > have:
             depth = CUT_DEPTH
             notes.append(
