@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -48,13 +47,3 @@ def flax_twin(flax_module: Any, torch_module: torch.nn.Module, *example: Any) ->
 def nchw(x: np.ndarray) -> torch.Tensor:
     """NHWC numpy batch -> NCHW torch tensor."""
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
-def same_xla_env() -> dict[str, str]:
-    """os.environ for a child process whose numbers are compared bit for bit with this one's:
-    without the XLA_FLAGS conftest sets for the processes tests start (backend level 0), which
-    this process does not use (its own XLA_FLAGS, if the user set one, stay)."""
-    env = dict(os.environ)
-    if "XLA_FLAGS" in env.get("VITJAX_TESTS_SET_CHILD_VARS", "").split(","):
-        env.pop("XLA_FLAGS")
-    return env

@@ -376,19 +376,14 @@ def test_worker_batches_leave_no_shared_memory_behind(digits_subset):
     soon as they are handed out: a run stopped by a signal leaves none for the resource
     tracker to report (issue 14, SIGTERM with --workers)."""
     before = _shm_segments()
+    small = digits_subset.subset(np.arange(64))
     tf = transforms.EvalTransform(transforms.DataConfig(input_size=(3, 12, 12)))
-    loader = data.make_loader(digits_subset.subset(np.arange(64)), tf, 16, shuffle=False,
-                              worker_count=1)  # fmt: skip
-    it = iter(loader)
+    it = iter(data.make_loader(small, tf, 16, shuffle=False, worker_count=1))
     held = [next(it), next(it)]  # still referenced: nothing may depend on garbage collection
     it.close()
     assert all(type(b[k]) is np.ndarray for b in held for k in ("image", "label"))
     assert _shm_segments() - before == set()
-    assert _same(held, _batches_eval(digits_subset.subset(np.arange(64)), tf)[:2])
-
-
-def _batches_eval(source, tf):
-    return list(data.make_loader(source, tf, 16, shuffle=False))
+    assert _same(held, list(data.make_loader(small, tf, 16, shuffle=False))[:2])
 
 
 def test_make_loader_rejects_empty_epoch(digits_subset):

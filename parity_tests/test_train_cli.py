@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity_tests.helpers import same_xla_env
+from parity_tests.child_env import same_xla_env
 from parity_tests.parity import assert_close
 from vitjax.training import checkpoints as ck
 from vitjax.training.run import RunConfig, prepare_run_dir, train_and_evaluate
