@@ -35,12 +35,25 @@ def pytest_addoption(parser):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    from parity_tests import parity
+
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller writes the report
+        workeroutput["parity_records"] = parity.RECORDS
+        return
     path = session.config.getoption("--parity-report")
     if path:
-        from parity_tests.parity import records_markdown
-
         with open(path, "w") as f:
-            f.write(records_markdown())
+            f.write(parity.records_markdown())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist's controller: collect a finished worker's parity figures for the report."""
+    from parity_tests import parity
+
+    records = getattr(node, "workeroutput", {}).get("parity_records", ())
+    parity.RECORDS.extend(tuple(r) for r in records)
 
 
 def pytest_collection_modifyitems(config, items):

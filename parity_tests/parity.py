@@ -85,7 +85,7 @@ def summary_markdown() -> str:
         "| unit | comparisons | worst max abs diff | average mean abs diff |",
         "|---|---|---|---|",
     ]
-    for unit, vals in units.items():
+    for unit, vals in sorted(units.items()):
         worst, avg = max(v[0] for v in vals), sum(v[1] for v in vals) / len(vals)
         rows.append(f"| {unit} | {len(vals)} | {worst:.2e} | {avg:.2e} |")
     return "\n".join(rows) + "\n"
@@ -98,7 +98,7 @@ def records_markdown() -> str:
         "| tensor | shape | max abs diff | mean abs diff | max abs value | atol | rtol |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, shape, mx, mean, scale, atol, rtol in RECORDS:
+    for name, shape, mx, mean, scale, atol, rtol in sorted(RECORDS):  # whatever ran where
         rows.append(
             f"| {name} | {shape} | {mx:.2e} | {mean:.2e} | {scale:.3g} | {atol:g} | {rtol:g} |"
         )
