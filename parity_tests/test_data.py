@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -270,6 +271,18 @@ def test_load_digits_dataset_matches_sklearn():
     assert img.mode == "RGB" and arr.shape == (8, 8, 3) and label == ref.target[5]
     np.testing.assert_array_equal(arr[..., 0], np.round(ref.images[5] * 255 / 16))
     assert ds.images.max() == 255 and ds.images.min() == 0
+
+
+def test_digits_read_without_sklearn_loader_fall_back_to_it(monkeypatch, tmp_path):
+    """The csv is read where scikit-learn keeps it; were it moved, load_digits itself answers."""
+    direct = data.load_digits_dataset()
+    elsewhere = SimpleNamespace(origin=str(tmp_path / "sklearn" / "__init__.py"))
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: elsewhere)
+    fallback = data.load_digits_dataset()
+    assert data.fingerprint(direct) == data.fingerprint(fallback)
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match=r"scikit-learn.*vitjax\[train\]"):
+        data.load_digits_dataset()
 
 
 @pytest.mark.parametrize("n,val_fraction", [(300, 0.3), (1797, 0.2), (7, 0.5)])
