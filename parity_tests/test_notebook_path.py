@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -146,6 +147,19 @@ def test_predict_names_imagenet_classes_of_a_timm_checkpoint(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     labels = re.findall(r"([A-Za-z][\w' -]*) [\d.]+", out.stdout.split(": ", 1)[1])
     assert len(labels) == 3 and not any(label.strip().isdigit() for label in labels), out.stdout
+
+
+def test_predict_passes_the_weights_instead_of_compiling_them_in():
+    """The prediction program takes the variables as an argument: no weight is a constant."""
+    from vitjax.predict import probabilities_fn
+
+    model, variables = vitjax.create_model("vit_tutorial_patch16_32", depth=1, num_classes=3)
+    x = np.zeros((2, 32, 32, 3), np.float32)
+    text = probabilities_fn(model).lower(variables, x).as_text()
+    constants = re.findall(r'dense<"0x([0-9A-F]*)">', text)
+    assert max(map(len, constants), default=0) < 2 * 1024, "a weight is a constant of the program"
+    n_bytes = sum(np.asarray(v).nbytes for v in jax.tree.leaves(variables))
+    assert len(text) < n_bytes, (len(text), n_bytes)
 
 
 # ----------------------------------------------------------------------------- 9. schedule log

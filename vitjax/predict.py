@@ -90,6 +90,13 @@ def load_trained(
     return model, variables, _pretrained_cfg_of(model_name, model)
 
 
+def probabilities_fn(model: Any) -> Any:
+    """Jitted (variables, images) -> class probabilities (float32). The weights are an argument,
+    not constants of the program: baked in, a vit_base's 350 MB went through XLA's compiler (and
+    into a compilation cache) on every call site."""
+    return jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x).astype(jnp.float32)))
+
+
 def predict_files(
     model: Any,
     variables: dict[str, Any],
@@ -105,12 +112,12 @@ def predict_files(
         data_config_from_pretrained_cfg(pretrained_cfg, input_size=input_size)
     )
     names = label_names(pretrained_cfg, cfg.num_classes)
-    apply = jax.jit(lambda x: jax.nn.softmax(model.apply(variables, x).astype(jnp.float32)))
+    probabilities = probabilities_fn(model)
     results = []
     for i in range(0, len(paths), batch_size):
         chunk = paths[i : i + batch_size]
         x = np.stack([transform(read_image(p)) for p in chunk])
-        probs = np.asarray(apply(x))
+        probs = np.asarray(probabilities(variables, x))
         for row in probs:
             top = np.argsort(-row)[:topk]
             results.append([(str(names[j]), float(row[j])) for j in top])
