@@ -68,11 +68,14 @@ def test_library_changes_no_process_state_and_imports_no_tooling():
     assert not hits, "\n".join(hits)
 
 
-def test_import_and_inference_need_neither_torch_nor_the_training_stack():
+def test_import_and_inference_need_neither_torch_nor_the_training_stack(tmp_path):
+    """Nor does saving in timm's hub layout (its config.json names a timm architecture)."""
     code = (
         "import sys, numpy as np, vitjax\n"
         "m, v = vitjax.create_model('vit_tutorial_patch16_32', depth=1)\n"
         "m.apply(v, np.zeros((1, 32, 32, 3), np.float32))\n"
+        "m, v = vitjax.create_model('vit_tiny_patch16_224', depth=1, num_classes=2)\n"
+        f"vitjax.save_pretrained({str(tmp_path / 'm')!r}, m, v)\n"
         "heavy = ('torch', 'timm', 'grain', 'orbax', 'optax', 'tqdm', 'matplotlib', 'sklearn')\n"
         "print(sorted(h for h in heavy if h in sys.modules))\n"
     )
@@ -80,3 +83,4 @@ def test_import_and_inference_need_neither_torch_nor_the_training_stack():
                          timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert '"architecture"' in (tmp_path / "m" / "config.json").read_text()

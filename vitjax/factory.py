@@ -363,8 +363,8 @@ def timm_fields(model: Model, architecture: str | None = None) -> dict[str, Any]
     for name in names:
         if name not in registry.config_module(family).VARIANTS or name.startswith("vit_tutorial"):
             continue
-        try:
-            args = args_of(name, model.cfg)
+        try:  # JSON-able arguments only: no timm layer classes (nor timm imported to make them)
+            args = args_of(name, model.cfg, layers=False)
         except (ValueError, KeyError):
             continue
         if best is None or len(args) < len(best[1]):

@@ -629,8 +629,12 @@ _LAYER_FIELDS = ("block_fn", "attn_layer", "mlp_layer", "dual_lambda", "fuse_out
 _VITJAX_ONLY = ("attn_impl", "dense_impl", "scan_blocks", "remat_policy")
 
 
-def timm_model_args(name: str, cfg: ViTConfig) -> dict[str, Any]:
-    """timm.create_model kwargs that turn the named timm model into cfg (differences only)."""
+def timm_model_args(name: str, cfg: ViTConfig, layers: bool = True) -> dict[str, Any]:
+    """timm.create_model kwargs that turn the named timm model into cfg (differences only).
+
+    layers=False: a ValueError where that takes timm's layer classes (block_fn, attn_layer,
+    mlp_layer), which JSON cannot hold and which need timm (and torch) imported.
+    """
     import warnings
 
     from vitjax import registry
@@ -651,9 +655,11 @@ def timm_model_args(name: str, cfg: ViTConfig) -> dict[str, Any]:
             out[f.name] = new
     new_keys, old_keys = _layer_keys(cfg), _layer_keys(base)
     changed = [k for k in new_keys if new_keys[k] != old_keys[k]]
+    if changed and not layers:
+        raise ValueError(f"{name}: {', '.join(changed)} would take timm's layer classes")
     if changed:
-        layers = _timm_layers(cfg)
-        out.update({k: layers[k] for k in changed})
+        classes = _timm_layers(cfg)
+        out.update({k: classes[k] for k in changed})
     return out
 
 
