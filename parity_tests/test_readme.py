@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from parity_tests.child_env import same_xla_env
 from parity_tests.test_hub_download import hub, timm_repo  # noqa: F401  (the loopback hub)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,8 @@ def test_readme_notebook_commands_run_as_written(tmp_path):
     _jpeg_folder(tmp_path / "dogs_cats" / "train")
     _timm_file("vit_base_patch16_224", tmp_path / "vit_base_patch16_224.safetensors")
     bindir = str(Path(sys.executable).parent)  # the venv's console scripts and python
-    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    env = same_xla_env()  # 20 epochs at 224 px and a vit_base: long runs, not compile-bound
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     for cmd in cmds:
         proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=900)  # fmt: skip
