@@ -7,7 +7,8 @@ params and Adam state sharded fsdp over all 4 devices, each process loading only
 every batch. One step per epoch (the train split is one batch, its last row padding), 5 epochs:
 the per-step losses, validation and final params equal one process with 4 devices (within
 1e-5), and the 2-process run's checkpoint resumes in one process (on 2 devices: another layout)
-to the same epoch 6 as the uninterrupted single-process run.
+to the same epoch 6 as the uninterrupted single-process run. A Ctrl-C that reaches one of the
+two processes only (during epoch 3) stops both after that epoch; they resume to epoch 5.
 
 Every subprocess has a deadline; on any failure or timeout all of them are killed, so the test
 cannot hang CI.
@@ -38,18 +39,21 @@ MODEL_ARGS = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num
               "mlp_ratio": 16.0, "proj_drop_rate": 0.1, "drop_path_rate": 0.1}  # fmt: skip
 
 WORKER = r"""
-import collections, json, shutil, sys, time
+import collections, json, os, shutil, signal, sys, time
 from pathlib import Path
 import jax
 jax.config.update("jax_default_matmul_precision", "highest")
 from vitjax.training import data, transforms
-from vitjax.training.run import RunConfig, train_and_evaluate
+from vitjax.training.run import RunConfig, TrainingInterrupted, train_and_evaluate
 
 job = json.loads(sys.argv[1])
 loaded = collections.Counter()  # images this process read and transformed: train / val
 load = data._LoadExample.__call__
+ctrl_c = job.get("ctrl_c")  # [process, n]: that process alone gets SIGINT at its n-th image
 def counting(self, index):
     loaded["train" if isinstance(self.transform, transforms.TrainTransform) else "val"] += 1
+    if ctrl_c and jax.process_index() == ctrl_c[0] and loaded["train"] == ctrl_c[1]:
+        os.kill(os.getpid(), signal.SIGINT)  # mid-epoch, as a Ctrl-C in its terminal
     return load(self, index)
 data._LoadExample.__call__ = counting
 
@@ -62,10 +66,14 @@ def run(out, epochs, resume=False):
     )
     return [r["epoch"] for r in train_and_evaluate(cfg)]
 
-epochs = run(job["out"], job["epochs"])  # jax.distributed starts here: no jax call before
+interrupted = None
+try:
+    epochs = run(job["out"], job["epochs"])  # jax.distributed starts here: no jax call before
+except TrainingInterrupted as e:  # every process stops after the same epoch: then resume
+    interrupted, epochs = str(e), run(job["out"], job["epochs"], resume=True)
 result = {"process": jax.process_index(), "processes": jax.process_count(),
           "devices": jax.device_count(), "local_devices": jax.local_device_count(),
-          "epochs": epochs, "loaded": dict(loaded)}
+          "epochs": epochs, "loaded": dict(loaded), "interrupted": interrupted}
 if jax.process_count() > 1 and jax.process_index() == 0:
     (Path(job["out"]) / "done").write_text("")  # every process has returned: run complete
 if job.get("resume_from"):  # then resume that (2-process) run's checkpoint here
@@ -306,10 +314,10 @@ def test_two_processes_on_loopback_equal_one_process_and_resume_in_one(tmp_path)
     }
     two, one, resumed = tmp_path / "two_processes", tmp_path / "one_process", tmp_path / "resumed"
     coordinator = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
-    group = [
-        ({**job, "out": str(two), "epochs": 5}, _env(2, **coordinator, JAX_PROCESS_ID=str(i)))
-        for i in range(2)
-    ]
+    # process 1 alone gets Ctrl-C during epoch 3 (at its 2 * 20 + 5th training image): both
+    # stop after epoch 3, then resume in the same 2 processes to epoch 5
+    two_job = {**job, "out": str(two), "epochs": 5, "ctrl_c": [1, 2 * 20 + 5]}
+    group = [(two_job, _env(2, **coordinator, JAX_PROCESS_ID=str(i))) for i in range(2)]
     # alongside: one process on 4 devices trains 6 epochs, then resumes the 2-process run's
     # checkpoint of epoch 5 (in a copy) to epoch 6
     reference = {
@@ -328,6 +336,10 @@ def test_two_processes_on_loopback_equal_one_process_and_resume_in_one(tmp_path)
     assert (p0["processes"], p0["devices"], p0["local_devices"]) == (2, 4, 2)
     assert (p1["process"], ref["processes"], ref["devices"]) == (1, 1, 4)
     assert p0["epochs"] == p1["epochs"] == [1, 2, 3, 4, 5]
+    for p in (p0, p1):  # process 0 was never signalled, yet stopped with process 1
+        assert p["interrupted"] and "interrupted after epoch 3;" in p["interrupted"], p
+        assert "last good checkpoint: epoch 3" in p["interrupted"]
+    assert ref["interrupted"] is None
     # each process read only its own rows of every batch: of the 42 training images (the batch
     # of 44 padded by 2 rows), 22 and 20; of the 18 validation images (padded to 20), 10 and 8
     assert (p0["loaded"], p1["loaded"]) == ({"train": 5 * 22, "val": 5 * 10},

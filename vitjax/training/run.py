@@ -29,6 +29,7 @@ from vitjax.models.vit_config import ViTConfig
 from vitjax.training.loop import fit, format_record
 from vitjax.training.sharding import (
     PARAM_SHARDINGS,
+    any_process,
     check_batch_size,
     make_mesh,
     maybe_initialize_distributed,
@@ -763,7 +764,13 @@ class _StopRequest:
     """While active (main thread only: signals go there): a first Ctrl-C asks the run to stop
     after the epoch, its checkpoint saved; SIGTERM abandons the epoch at its next batch (the last
     checkpoint kept: whoever sends SIGTERM, a scheduler or a shutdown, kills soon after); a
-    second signal interrupts at once."""
+    second signal interrupts at once.
+
+    With several processes, a signal may reach one of them only (Ctrl-C in one terminal, kill
+    PID): the processes agree at every epoch's end, all stopping after the same epoch (the one
+    signalled alone would leave the others waiting in their next step's collectives for ever).
+    SIGTERM then stops after the epoch too: abandoning it at a batch would need an agreement at
+    every step, a host round trip that stalls the devices' queue."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -781,12 +788,13 @@ class _StopRequest:
         _log("Ctrl-C: stopping after this epoch's checkpoint (Ctrl-C again: stop now)", self.cfg)
 
     def check(self, epoch: int) -> None:
-        """Raise TrainingTerminated when SIGTERM came during epoch (1-based)."""
-        if self.terminated:
+        """Raise TrainingTerminated when SIGTERM came during epoch (1-based); one process only."""
+        if self.terminated and jax.process_count() == 1:
             raise TrainingTerminated(f"terminated (SIGTERM) during epoch {epoch}")
 
     def after_epoch(self, epoch: int) -> None:
-        """Raise the stop asked for during epoch, whose checkpoint is saved now."""
+        """Raise the stop asked for during epoch (in any process), whose checkpoint is saved."""
+        self.requested, self.terminated = any_process(self.requested, self.terminated)
         if self.terminated:
             raise TrainingTerminated(f"terminated (SIGTERM) after epoch {epoch}")
         if self.requested:
@@ -812,7 +820,9 @@ class _StopRequest:
                 except StopIteration:
                     return
                 except Exception:
-                    self.check(epoch)  # a worker stopped by the same signal: not the cause
+                    if self.terminated:  # a worker stopped by the same signal: not the cause
+                        msg = f"terminated (SIGTERM) during epoch {epoch}"
+                        raise TrainingTerminated(msg) from None
                     raise
                 yield batch
         finally:

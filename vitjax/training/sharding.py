@@ -181,6 +181,17 @@ def sync_processes(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def any_process(*flags: bool) -> tuple[bool, ...]:
+    """Each flag or-ed over all processes (a collective: every process must call it at the same
+    point); the flags themselves with one process."""
+    if jax.process_count() == 1:
+        return tuple(bool(f) for f in flags)
+    from jax.experimental import multihost_utils
+
+    every = np.asarray(multihost_utils.process_allgather(np.array(flags, np.int32)))
+    return tuple(bool(v) for v in every.reshape(-1, len(flags)).any(axis=0))
+
+
 def shard_batch(batch: Batch, mesh: Mesh, *, process_local: bool = False) -> Batch:
     """A batch as arrays split on their leading axis over the 'data' axis.
 
