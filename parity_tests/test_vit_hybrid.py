@@ -224,7 +224,7 @@ def test_hybrid_full_depth_matches_torch():
 # step inside float32_adam, and qkv_bias=False drops the key bias. The frozen runs use MobileCLIP's
 # two-BatchNorm stem.
 TRAIN_CASES = {
-    "resnet26d_batchnorm": (
+    "resnet26d_batchnorm": (  # stage depths cut to 1-1-1-1 (see _cut_resnet26d_hybrid)
         "vit_small_resnet26d_224", dict(depth=1, img_size=64, qkv_bias=False, **_NARROW), 1e-5,
         False, False,
     ),
@@ -273,6 +273,18 @@ def _train_torch(
     return losses
 
 
+def _cut_resnet26d_hybrid(**kwargs) -> torch.nn.Module:
+    """vit_small_resnet26d_224 as timm builds it, its ResNet-26d's stage depths cut from 2-2-2-2
+    to 1-1-1-1 (the name takes no backbone arguments): every kind of layer kept (deep stem,
+    Bottleneck, avg-pool downsample, a BatchNorm after every conv), its train step compiles in
+    half the time."""
+    from timm.models.resnet import resnet26d
+
+    backbone = resnet26d(layers=(1, 1, 1, 1), features_only=True, out_indices=[4])
+    args = {"embed_dim": 768, "depth": 8, "num_heads": 8, "mlp_ratio": 3, **kwargs}
+    return tvh._create_vision_transformer_hybrid("vit_small_resnet26d_224", backbone, **args)
+
+
 @pytest.mark.parametrize("case", list(TRAIN_CASES))
 def test_hybrid_train_steps_match_torch(case):
     name, kwargs, lr, freeze_backbone, freeze_stats = TRAIN_CASES[case]
@@ -280,9 +292,14 @@ def test_hybrid_train_steps_match_torch(case):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
-        module = timm.create_model(name, pretrained=False, **timm_model_args(name, cfg))
+        if name == "vit_small_resnet26d_224":
+            module = _cut_resnet26d_hybrid(**timm_model_args(name, cfg))
+        else:
+            module = timm.create_model(name, pretrained=False, **timm_model_args(name, cfg))
     module = _randomize_stats(module)
     model, variables = vitjax.from_timm(module)
+    cfg = model.cfg  # the cut backbone as vitjax read it off timm's model
+    assert name != "vit_small_resnet26d_224" or cfg.backbone.layers == (1, 1, 1, 1)
     batches = _batches(cfg, _STEPS)
     stats_before = {k: v.clone() for k, v in module.state_dict().items() if "running" in k}
     t_losses = _train_torch(module, batches, lr, freeze_backbone, freeze_stats)
