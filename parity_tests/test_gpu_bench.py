@@ -39,8 +39,11 @@ def _read(out) -> dict:
 
 def test_cpu_smoke_run_reports_every_mode_and_task(tmp_path, capsys):
     # A bogus XLA flag set: its worker must fail loudly (exit 3: only a variant failed), which
-    # also shows the flags reach that worker's XLA_FLAGS and no other.
-    argv = [*SMOKE, "--xla-flags", "--xla_no_such_flag_for_gpu_bench=1", "--out", str(tmp_path)]
+    # also shows the flags reach that worker's XLA_FLAGS and no other. torch.compile through
+    # dynamo and AOTAutograd without inductor's C++ code generation (30 s on this CPU with a
+    # cold cache, as CI has it; the GPU check runs inductor).
+    argv = [*SMOKE, "--xla-flags", "--xla_no_such_flag_for_gpu_bench=1", "--out", str(tmp_path),
+            "--compile-backend", "aot_eager"]  # fmt: skip
     status = gpu_bench.main(argv)
     res = _read(tmp_path)
     printed = capsys.readouterr().out
@@ -67,6 +70,7 @@ def test_cpu_smoke_run_reports_every_mode_and_task(tmp_path, capsys):
     assert jax_stats["param_dtype"] == "float32" and jax_stats["attn_impl_resolved"] == "cpu"
     assert jax_stats["train_xla_flops_per_image"] > 0
     assert res["modes"]["eager"]["stats"]["autocast"] == "bfloat16"
+    assert res["modes"]["compile"]["stats"]["compile_backend"] == "aot_eager"
     md = (tmp_path / "vit_tiny_patch16_224_b4_bf16.md").read_text()
     assert "| MFU" not in md and "MFU omitted" in md and md in printed
     assert "jax+flags1: failed" in md

@@ -250,7 +250,10 @@ def _torch_worker(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
         "autocast": "bfloat16" if bf16 else "off (float32)",
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
-    fmodel = torch.compile(model) if spec["mode"] == "compile" else model
+    backend = spec.get("compile_backend", "inductor")
+    fmodel = torch.compile(model, backend=backend) if spec["mode"] == "compile" else model
+    if spec["mode"] == "compile":
+        stats["compile_backend"] = backend
     cfg = model.pretrained_cfg if hasattr(model, "pretrained_cfg") else {}
     B, C = spec["batch_size"], 3
     size = spec.get("img_size") or cfg.get("input_size", (3, 224, 224))[-1]
@@ -490,7 +493,7 @@ def run(a: argparse.Namespace) -> tuple[dict[str, Any], int]:
     base = dict(
         model=a.model, batch_size=a.batch_size, dtype=a.dtype, tasks=tasks, seed=a.seed,
         lr=a.lr, weight_decay=a.weight_decay, img_size=a.img_size, depth=a.depth,
-        attn_impl=a.attn_impl, dense_impl=a.dense_impl,
+        attn_impl=a.attn_impl, dense_impl=a.dense_impl, compile_backend=a.compile_backend,
     )  # fmt: skip
     res: dict[str, Any] = {
         "model": a.model,
@@ -499,6 +502,7 @@ def run(a: argparse.Namespace) -> tuple[dict[str, Any], int]:
         "overrides": overrides,
         "attn_impl": a.attn_impl,
         "dense_impl": a.dense_impl,
+        "compile_backend": a.compile_backend,
         "tasks": tasks,
         "schedule": a.schedule,
         "steps_per_sample": a.steps,
@@ -853,6 +857,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed samples after the first call")
     p.add_argument("--modes", default="jax,eager,compile", help="comma list of jax,eager,compile")
     p.add_argument("--tasks", default="train,infer", help="comma list of train,infer")
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile's backend for the compile mode (default inductor, what the targets "
+        "are against); aot_eager checks the harness without inductor's code generation",
+    )
     p.add_argument(
         "--xla-flags",
         action="append",
