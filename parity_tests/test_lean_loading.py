@@ -25,6 +25,16 @@ from vitjax.weights.lazy import LazySafetensors, address, load, owned
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
 
 
+@pytest.fixture(params=["numpy", "program"])
+def placement(request, monkeypatch):
+    """Both ways place.Placer puts leaves: through numpy (models up to HOST_MODEL_BYTES) and
+    through the jitted program (bigger ones); the same values, dtypes and errors."""
+    from vitjax.weights import place
+
+    monkeypatch.setattr(place, "HOST_MODEL_BYTES", 1 << 40 if request.param == "numpy" else -1)
+    return request.param
+
+
 def test_lazy_safetensors_reads_what_safetensors_reads(tmp_path):
     rng = np.random.default_rng(0)
     tensors = {
@@ -131,7 +141,7 @@ def test_consumed_state_dict_empties_as_it_converts():
 
 
 @pytest.mark.parametrize("file_dtype", [np.float16, ml_dtypes.bfloat16])
-def test_dtype_rules_on_load(tmp_path, file_dtype):
+def test_dtype_rules_on_load(tmp_path, file_dtype, placement):
     model, variables = vitjax.create_model("vit_tiny_patch16_224", **TINY)
     sd = {k: v.astype(file_dtype) for k, v in vitjax.to_timm_state_dict(model, variables).items()}
     path = tmp_path / "half.safetensors"
@@ -156,7 +166,7 @@ def test_dtype_rules_on_load(tmp_path, file_dtype):
         np.testing.assert_array_equal(got, want, err_msg=k)
 
 
-def test_nonfinite_weights_are_named_after_placing(tmp_path):
+def test_nonfinite_weights_are_named_after_placing(tmp_path, placement):
     model, variables = vitjax.create_model("vit_tiny_patch16_224", **TINY)
     sd = vitjax.to_timm_state_dict(model, variables)
     sd["blocks.1.mlp.fc1.weight"] = sd["blocks.1.mlp.fc1.weight"].copy()

@@ -68,6 +68,12 @@ def param_shapes(model: Model) -> dict[str, Any]:
     return variable_shapes(model)["params"]
 
 
+def tree_bytes(tree: Any) -> int:
+    """Bytes of a tree of arrays or jax.ShapeDtypeStructs."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in leaves)
+
+
 def count_params(variables: Mapping[str, Any]) -> int:
     """Number of parameters in a variables or params tree."""
     tree = variables.get("params", variables)
@@ -78,7 +84,8 @@ def variables_from_state_dict(
     model: Model, state_dict: Mapping[str, Any], what: str = "state_dict"
 ) -> Variables:
     """Flax variables for model from a timm-key state_dict, every key and shape checked."""
-    shapes, put = variable_shapes(model), place.Placer(check_finite=False)
+    shapes = variable_shapes(model)
+    put = place.Placer(check_finite=False, model_bytes=tree_bytes(shapes))
     stacked = stacked_lists(model)
     return convert.torch_to_flax_variables(state_dict, shapes, what, put=put, stacked=stacked)
 
@@ -216,8 +223,13 @@ def load_checkpoint(
     validate.check_float_dtypes(sd, _non_float_keys(shapes), what)
     if new_head:
         sd = _adapt_head(sd, model, seed)
-    put = place.Placer(keep, param_dtype, place.flat_shardings(shardings, shapes),
-                       check_finite=not allow_nonfinite)  # fmt: skip
+    put = place.Placer(
+        keep,
+        param_dtype,
+        place.flat_shardings(shardings, shapes),
+        check_finite=not allow_nonfinite,
+        model_bytes=tree_bytes(shapes),
+    )
     try:
         variables = convert.torch_to_flax_variables(
             sd, shapes, what, put=put, stacked=stacked_lists(model), consume=True

@@ -596,7 +596,7 @@ def train_and_evaluate(cfg: RunConfig, given: Iterable[str] | None = None) -> li
 
 def _run(cfg: RunConfig, given: Iterable[str] | None, mesh: Any) -> list[dict[str, Any]]:
     """train_and_evaluate once OUT is locked."""
-    from vitjax.factory import count_params, save_pretrained, variable_shapes
+    from vitjax.factory import count_params, save_pretrained, tree_bytes, variable_shapes
     from vitjax.training import checkpoints as ck
     from vitjax.training import data
 
@@ -645,7 +645,7 @@ def _run(cfg: RunConfig, given: Iterable[str] | None, mesh: Any) -> list[dict[st
             model, variables, tx, cfg.label_smoothing, frozen, shardings=shardings
         )
     state_sharding = shardings(state)
-    ck.check_free_space(out, _checkpoint_bytes(state) * (cfg.keep + 2))
+    ck.check_free_space(out, tree_bytes((state.params, state.opt_state)) * (cfg.keep + 2))
     sync_processes("vitjax: run folder checked")  # by every process, before process 0 writes it
     if main:
         commit_run_dir(cfg, fingerprint)  # everything checked: only now is OUT written
@@ -852,12 +852,6 @@ class _Sized:
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._it)
-
-
-def _checkpoint_bytes(state: Any) -> int:
-    """Bytes of a TrainState's params and optimizer state (what one checkpoint holds)."""
-    leaves = jax.tree_util.tree_leaves((state.params, state.opt_state))
-    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in leaves)
 
 
 def _stopped(err: BaseException, last: int | None, out: Path) -> BaseException:
