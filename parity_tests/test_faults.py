@@ -41,6 +41,7 @@ def assert_same_run(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(wb[k], wa[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_kill9_and_ctrl_c_then_resume_match_uninterrupted(tmp_path):
     """kill -9 and SIGINT mid-run (subprocesses), then --resume == a run never interrupted."""
     killed = script("train.py", "--out", str(tmp_path / "killed"), "--epochs", "3", *TINY_FLAGS)

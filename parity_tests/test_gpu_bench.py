@@ -37,6 +37,7 @@ def _read(out) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_reports_every_mode_and_task(tmp_path, capsys):
     # A bogus XLA flag set: its worker must fail loudly (exit 3: only a variant failed), which
     # also shows the flags reach that worker's XLA_FLAGS and no other. torch.compile through

@@ -107,6 +107,7 @@ def folder(tmp_path) -> Path:
 # ----------------------------------------------------------------------------- 4. run lock
 
 
+@pytest.mark.slow
 def test_second_run_into_a_busy_out_names_the_holder_and_a_stale_lock_never_blocks(
     tmp_path, capsys
 ):
@@ -189,6 +190,7 @@ def test_flipped_checkpoint_bytes_are_caught_and_the_older_one_restores(tmp_path
     ckpt.close()
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_fall_back_or_fail_naming_the_file(tmp_path, folder, capsys):
     out = tmp_path / "run"
     train_and_evaluate(RunConfig(out=str(out), data=str(folder), epochs=2, **TINY_RUN))

@@ -224,6 +224,7 @@ def test_loading_grows_memory_by_about_the_file_size(tmp_path):
     assert got["grew"] <= 1.15 * size + 48 * 2**20, (got, size)
 
 
+@pytest.mark.slow
 def test_a_7b_width_model_loads_in_bf16_without_a_float32_copy(tmp_path):
     # vit_7b_patch16_dinov3 at depth 2 keeps its width (4096, SwiGLU 8192). Its bf16 file is
     # written from the model's shapes alone (no fp32 model anywhere); with dtype=bf16 the load

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,19 @@ from vitjax.training import checkpoints as ck
 from vitjax.training.run import RESUME_OVERRIDES, RunConfig, resumed_config, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> Path:
+    """A finished 1-epoch run on the digits (TINY_RUN), trained once: copy it, never change it."""
+    run = tmp_path_factory.mktemp("one_epoch") / "run"
+    train_and_evaluate(RunConfig(out=str(run), epochs=1, **TINY_RUN))
+    return run
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    """A copy of a finished run folder (checkpoints, metrics, model/) for a test to change."""
+    return Path(shutil.copytree(run, tmp_path / "run"))
 
 
 def cli(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -175,9 +189,8 @@ def test_run_log_names_the_schedule(tmp_path):
 # ----------------------------------------------------------------------------- issue 14: 2, 3
 
 
-def test_overwrite_with_a_mistyped_flag_keeps_the_old_run(tmp_path):
-    run = tmp_path / "run"
-    train_and_evaluate(RunConfig(out=str(run), epochs=1, **TINY_RUN))
+def test_overwrite_with_a_mistyped_flag_keeps_the_old_run(one_epoch_run, tmp_path):
+    run = copy_of(one_epoch_run, tmp_path)
     before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     for bad in (["--data", str(tmp_path / "no_such_folder")], ["--model", "vit_tiny_patch16_2244"]):
         out = cli("train", "--out", str(run), "--overwrite", "--epochs", "1", *bad)
@@ -186,13 +199,10 @@ def test_overwrite_with_a_mistyped_flag_keeps_the_old_run(tmp_path):
         assert after == before, f"{bad}: the old run changed"
 
 
-def test_resume_without_checkpoints_is_refused(tmp_path):
-    run = tmp_path / "run"
-    train_and_evaluate(RunConfig(out=str(run), epochs=1, **TINY_RUN))
+def test_resume_without_checkpoints_is_refused(one_epoch_run, tmp_path):
+    run = copy_of(one_epoch_run, tmp_path)
     model_before = (run / ck.MODEL_DIR / "model.safetensors").read_bytes()
     metrics_before = (run / ck.METRICS_NAME).read_text()
-    import shutil
-
     shutil.rmtree(run / ck.CHECKPOINT_DIR)
     out = cli("train", "--out", str(run), "--resume", "--no-progress")
     assert out.returncode != 0
@@ -205,13 +215,11 @@ def test_resume_without_checkpoints_is_refused(tmp_path):
 # ----------------------------------------------------------------------------- 7. timm layout
 
 
-def test_train_model_folder_loads_in_timm_and_vitjax(tmp_path):
+def test_train_model_folder_loads_in_timm_and_vitjax(one_epoch_run):
     """vitjax-train's model/ is timm's hub layout: timm's local-dir: loader, the same logits."""
     import timm
 
-    run = tmp_path / "run"
-    train_and_evaluate(RunConfig(out=str(run), epochs=1, **TINY_RUN))
-    folder = run / ck.MODEL_DIR
+    folder = one_epoch_run / ck.MODEL_DIR
     config = json.loads((folder / "config.json").read_text())
     assert config["family"] == "vit" and "model_args" in config
     net = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
