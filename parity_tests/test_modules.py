@@ -106,9 +106,7 @@ def test_layer_scale_matches_torch():
 def test_attention_pool_matches_torch():
     cfg = ViTConfig(**CONFIGS["map_head"])
     x = _tokens(cfg, 3, n=11)
-    _compare_on_tokens(
-        tv.AttentionPoolLatent(cfg), jv.attn_pool_for(cfg), x, "AttentionPoolLatent"
-    )
+    _compare_on_tokens(tv.AttentionPoolLatent(cfg), jv.attn_pool_for(cfg), x, "AttentionPoolLatent")
 
 
 def _vit_pair(cfg: ViTConfig, x: np.ndarray):
