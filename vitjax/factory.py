@@ -20,6 +20,12 @@ from vitjax.weights.errors import CheckpointError, WeightMismatchError
 Variables = dict[str, Any]
 Model = Any  # a family's MODEL (a flax.linen.Module with a .cfg)
 _HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+# The random init is one program that runs once: a random-number pipeline per parameter. XLA:CPU
+# compiles it 15-40 % faster at backend optimisation level 1 with bit-identical values (measured
+# on 8 families: vit_base 5.3 -> 3.3 s, vit_base_r50_s16_224 9.4 -> 5.6 s; its run time is
+# unchanged). A per-program option: XLA's settings for everything else are left alone, and a
+# level set in XLA_FLAGS wins.
+INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
 
 
 def _dummy_input(cfg: Any) -> jax.ShapeDtypeStruct:
@@ -42,7 +48,20 @@ def init_variables(
 
     if callable(shardings):
         shardings = place.resolve_shardings(shardings, variable_shapes(model))
-    return dict(jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed)))
+    key = jax.random.PRNGKey(seed)
+    program = jax.jit(init, out_shardings=shardings).lower(key)
+    options = INIT_COMPILER_OPTIONS.get(_platform(shardings))
+    if options and any(k in os.environ.get("XLA_FLAGS", "") for k in options):
+        options = None  # the user's (or the test suite's) own choice
+    return dict(program.compile(compiler_options=options)(key))
+
+
+def _platform(shardings: Any) -> str:
+    """The platform the init runs on: the shardings' devices', else the default backend."""
+    for s in jax.tree_util.tree_leaves(shardings):
+        if isinstance(s, jax.sharding.Sharding):
+            return next(iter(s.device_set)).platform
+    return jax.default_backend()
 
 
 def _cast_floats(tree: Any, dtype: Any) -> Any:
