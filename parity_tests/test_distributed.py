@@ -340,6 +340,9 @@ def test_two_processes_on_loopback_equal_one_process_and_resume_in_one(tmp_path)
         assert p["interrupted"] and "interrupted after epoch 3;" in p["interrupted"], p
         assert "last good checkpoint: epoch 3" in p["interrupted"]
     assert ref["interrupted"] is None
+    said = [(tmp_path / "logs" / f"{i}.out").read_text() for i in (0, 1)]
+    assert "Ctrl-C: every process stops after this epoch" in said[1]  # where it was pressed
+    assert "Ctrl-C" not in said[0]
     # each process read only its own rows of every batch: of the 42 training images (the batch
     # of 44 padded by 2 rows), 22 and 20; of the 18 validation images (padded to 20), 10 and 8
     assert (p0["loaded"], p1["loaded"]) == ({"train": 5 * 22, "val": 5 * 10},

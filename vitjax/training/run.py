@@ -165,9 +165,10 @@ def check_type(name: str, value: Any, hint: Any) -> None:
         raise TypeError(f"field {name!r}: expected {expected}, got {value!r}")
 
 
-def _log(msg: str, cfg: RunConfig) -> None:
-    """Print a line without breaking the progress bars (on several processes: process 0's)."""
-    if jax.distributed.is_initialized() and jax.process_index() != 0:
+def _log(msg: str, cfg: RunConfig, every_process: bool = False) -> None:
+    """Print a line without breaking the progress bars (on several processes: process 0's,
+    unless every_process: a line about this process alone, e.g. the signal it received)."""
+    if not every_process and jax.distributed.is_initialized() and jax.process_index() != 0:
         return
     if cfg.progress:
         from tqdm.auto import tqdm
@@ -781,11 +782,16 @@ class _StopRequest:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested or self.terminated:
             raise TrainingTerminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        every = jax.process_count() > 1  # the terminal signalled may be any process's
         if signum == signal.SIGTERM:
             self.terminated = True  # acted on at the next batch, not inside a save
+            if every:
+                _log("SIGTERM: every process stops after this epoch", self.cfg, every_process=True)
             return
         self.requested = True
-        _log("Ctrl-C: stopping after this epoch's checkpoint (Ctrl-C again: stop now)", self.cfg)
+        where = "every process stops" if every else "stopping"
+        msg = f"Ctrl-C: {where} after this epoch's checkpoint (Ctrl-C again: stop now)"
+        _log(msg, self.cfg, every_process=True)
 
     def check(self, epoch: int) -> None:
         """Raise TrainingTerminated when SIGTERM came during epoch (1-based); one process only."""
