@@ -777,12 +777,13 @@ class _StopRequest:
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg, self.requested, self.terminated = cfg, False, False
+        self.processes = jax.process_count()  # read here: the handler calls no jax
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested or self.terminated:
             raise TrainingTerminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-        every = jax.process_count() > 1  # the terminal signalled may be any process's
+        every = self.processes > 1  # the terminal signalled may be any process's
         if signum == signal.SIGTERM:
             self.terminated = True  # acted on at the next batch, not inside a save
             if every:
@@ -795,7 +796,7 @@ class _StopRequest:
 
     def check(self, epoch: int) -> None:
         """Raise TrainingTerminated when SIGTERM came during epoch (1-based); one process only."""
-        if self.terminated and jax.process_count() == 1:
+        if self.terminated and self.processes == 1:
             raise TrainingTerminated(f"terminated (SIGTERM) during epoch {epoch}")
 
     def after_epoch(self, epoch: int) -> None:
