@@ -264,15 +264,15 @@ def test_random_init_casts_inside_the_jitted_init():
      ("eva02_tiny_patch14_224", dict(img_size=28, depth=1))],
 )  # fmt: skip
 def test_random_init_compiled_with_its_options_is_bit_identical(name, kwargs, monkeypatch):
-    """factory.INIT_COMPILER_OPTIONS (a quicker compile) gives exactly the default program's
+    """vitjax.one_off's compiler options (a quicker compile) give exactly the default program's
     values."""
-    from vitjax import factory
+    from vitjax import factory, one_off
 
     monkeypatch.delenv("XLA_FLAGS", raising=False)  # the children's level would win (conftest)
     model, v = vitjax.create_model(name, **kwargs)
     x = jnp.zeros(factory._dummy_input(model.cfg).shape, jnp.float32)
     ref = jax.jit(lambda r: model.init(r, x))(jax.random.PRNGKey(0))  # XLA's defaults
-    assert factory.INIT_COMPILER_OPTIONS["cpu"]  # what the CPU test compares with the default
+    assert one_off.COMPILER_OPTIONS["cpu"]  # what the CPU test compares with the default
     flat_ref = dict(jax.tree_util.tree_flatten_with_path(dict(ref))[0])
     flat = dict(jax.tree_util.tree_flatten_with_path(v)[0])
     assert flat.keys() == flat_ref.keys()

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax import registry
+from vitjax.one_off import compile_once
 from vitjax.util import to_2tuple
 from vitjax.weights import convert, hub, place, validate
 from vitjax.weights import files as io
@@ -20,12 +21,6 @@ from vitjax.weights.errors import CheckpointError, WeightMismatchError
 Variables = dict[str, Any]
 Model = Any  # a family's MODEL (a flax.linen.Module with a .cfg)
 _HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
-# The random init is one program that runs once: a random-number pipeline per parameter. XLA:CPU
-# compiles it 15-40 % faster at backend optimisation level 1 with bit-identical values (measured
-# on 8 families: vit_base 5.3 -> 3.3 s, vit_base_r50_s16_224 9.4 -> 5.6 s; its run time is
-# unchanged). A per-program option: XLA's settings for everything else are left alone, and a
-# level set in XLA_FLAGS wins.
-INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
 
 
 def _dummy_input(cfg: Any) -> jax.ShapeDtypeStruct:
@@ -48,12 +43,9 @@ def init_variables(
 
     if callable(shardings):
         shardings = place.resolve_shardings(shardings, variable_shapes(model))
-    key = jax.random.PRNGKey(seed)
-    program = jax.jit(init, out_shardings=shardings).lower(key)
-    options = INIT_COMPILER_OPTIONS.get(_platform(shardings))
-    if options and any(k in os.environ.get("XLA_FLAGS", "") for k in options):
-        options = None  # the user's (or the test suite's) own choice
-    return dict(program.compile(compiler_options=options)(key))
+    key = jax.random.PRNGKey(seed)  # a program run once: vitjax.one_off compiles it quickly
+    jitted = jax.jit(init, out_shardings=shardings)
+    return dict(compile_once(jitted, key, platform=_platform(shardings))(key))
 
 
 def _platform(shardings: Any) -> str:

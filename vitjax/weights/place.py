@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.one_off import compile_once
 from vitjax.weights import convert, validate
 from vitjax.weights.errors import CheckpointError
 from vitjax.weights.lazy import address, aligned_empty, owned
@@ -41,13 +42,15 @@ def _on_host(arr: np.ndarray, dtype: np.dtype, check: bool) -> tuple[np.ndarray,
     return out, finite
 
 
-@functools.cache
-def _transform(perm: tuple[int, ...], dtype: Any) -> Callable:
+@functools.lru_cache(maxsize=256)
+def _transform(perm: tuple[int, ...], dtype: Any, shape: tuple[int, ...], src: Any) -> Callable:
+    """The compiled program for one kind of leaf (a program run once per kind: vitjax.one_off)."""
+
     def fn(x: jax.Array) -> tuple[jax.Array, jax.Array]:
         finite = jnp.isfinite(x).all() if validate.is_float(x.dtype) else jnp.bool_(True)
         return jnp.transpose(x, perm).astype(dtype), finite
 
-    return jax.jit(fn)
+    return compile_once(jax.jit(fn), jax.ShapeDtypeStruct(shape, src))
 
 
 def _layout(arr: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -113,7 +116,8 @@ class Placer:
             if self.on_host:
                 host, finite = _on_host(arr, dtype, self.check_finite)
             else:
-                x, finite = _transform(perm, dtype)(jax.device_put(_adoptable(src)))
+                program = _transform(perm, dtype, src.shape, src.dtype)
+                x, finite = program(jax.device_put(_adoptable(src)))
             self._finite.append((path, finite))
         else:
             host = _adoptable(src)
