@@ -292,10 +292,11 @@ def test_hybrid_train_steps_match_torch(case):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
+        args = timm_model_args(name, cfg)
         if name == "vit_small_resnet26d_224":
-            module = _cut_resnet26d_hybrid(**timm_model_args(name, cfg))
+            module = _cut_resnet26d_hybrid(**args)
         else:
-            module = timm.create_model(name, pretrained=False, **timm_model_args(name, cfg))
+            module = timm.create_model(name, pretrained=False, **args)
     module = _randomize_stats(module)
     model, variables = vitjax.from_timm(module)
     cfg = model.cfg  # the cut backbone as vitjax read it off timm's model
