@@ -278,3 +278,27 @@ def test_random_init_compiled_with_its_options_is_bit_identical(name, kwargs, mo
     assert flat.keys() == flat_ref.keys()
     for k, want in flat_ref.items():
         np.testing.assert_array_equal(np.asarray(flat[k]), np.asarray(want), err_msg=str(k))
+
+
+def test_scanned_load_places_stacks_as_the_unrolled_load(tmp_path, placement):
+    """scan_blocks=True: the stacked leaves (built on the device for a big model, in one host
+    buffer for a small one) hold the unrolled load's values and dtypes; NaN is named by block."""
+    model, variables = vitjax.create_model("vit_tiny_patch16_224", **TINY)
+    sd = {k: v.astype(np.float16) for k, v in vitjax.to_timm_state_dict(model, variables).items()}
+    path = tmp_path / "half.safetensors"
+    save_file(sd, str(path))
+    for kw in ({}, {"param_dtype": jnp.bfloat16}, {"dtype": np.float16}):
+        _, flat = vitjax.create_model("vit_tiny_patch16_224", checkpoint_path=path, **kw, **TINY)
+        scanned, v = vitjax.create_model(
+            "vit_tiny_patch16_224", checkpoint_path=path, scan_blocks=True, **kw, **TINY
+        )
+        back = vitjax.to_timm_state_dict(scanned, v)
+        want = vitjax.to_timm_state_dict(model, flat)
+        assert back.keys() == want.keys()
+        for k in want:
+            assert back[k].dtype == want[k].dtype, (kw, k)
+            np.testing.assert_array_equal(back[k], want[k], err_msg=f"{kw} {k}")
+    sd["blocks.1.mlp.fc1.weight"][0, :3] = np.nan
+    save_file(sd, str(path))
+    with pytest.raises(CheckpointError, match=r"blocks\.1\.mlp\.fc1\.weight \(3 of"):
+        vitjax.create_model("vit_tiny_patch16_224", checkpoint_path=path, scan_blocks=True, **TINY)

@@ -123,7 +123,7 @@ def torch_entry(path: tuple[str, ...], value: Any) -> tuple[str, tuple[int, ...]
     return key, arr.shape
 
 
-def _unstacked_paths(
+def unstacked_paths(
     path: tuple[str, ...], shape: tuple[int, ...], stacked: Mapping[str, int]
 ) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
     """A leaf's per-item (path, shape)s: one per item of a stacked (nn.scan) list, else itself.
@@ -145,10 +145,25 @@ def expected_torch_shapes(
     """{timm key: shape} of a variables tree of arrays or ShapeDtypeStructs."""
     out = {}
     for path, leaf in flatten(expected).items():
-        for p, shape in _unstacked_paths(path, np.shape(leaf), stacked or {}):
+        for p, shape in unstacked_paths(path, np.shape(leaf), stacked or {}):
             key, shape = torch_entry(p, np.broadcast_to(np.float32(0), shape))
             out[key] = shape
     return out
+
+
+class HostStack:
+    """A stacked (nn.scan) leaf assembled in one host buffer, item by item, then put whole. A
+    put with a ``stack(spath, n, first_item)`` method makes its own (vitjax.weights.place)."""
+
+    def __init__(self, put: Callable, spath: tuple[str, ...], n: int, arr: np.ndarray) -> None:
+        self.put, self.spath = put, spath
+        self.buf = aligned_empty((n, *arr.shape), arr.dtype)
+
+    def fill(self, i: int, arr: np.ndarray) -> None:
+        self.buf[i] = arr
+
+    def done(self) -> Any:
+        return self.put(self.spath, self.buf)
 
 
 def _copy(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
@@ -174,6 +189,7 @@ def torch_to_flax_variables(
     ``blocks.{i}.*`` become one ``blocks/*`` leaf with a leading axis of n (nn.scan's layout).
     """
     put, stacked = put or _copy, dict(stacked or {})
+    stack = getattr(put, "stack", None) or (lambda spath, n, arr: HostStack(put, spath, n, arr))
     if expected is not None:
         want = expected_torch_shapes(expected, stacked)
         got = {k: np.shape(v) for k, v in state_dict.items() if not k.endswith(_TRACKED)}
@@ -192,12 +208,12 @@ def torch_to_flax_variables(
             continue
         spath, i = item
         if spath not in pending:  # one buffer for the whole stack, filled item by item
-            pending[spath] = [aligned_empty((stacked[spath[1]], *arr.shape), arr.dtype), set()]
-        buf, seen = pending[spath]
-        buf[i] = arr
+            pending[spath] = [stack(spath, stacked[spath[1]], arr), set()]
+        stacker, seen = pending[spath]
+        stacker.fill(i, arr)
         seen.add(i)
-        if len(seen) == len(buf):
-            flat[spath] = put(spath, pending.pop(spath)[0])
+        if len(seen) == stacked[spath[1]]:
+            flat[spath] = pending.pop(spath)[0].done()
     if pending:  # only without expected (which checks every item is present)
         raise WeightMismatchError(f"{what}: incomplete stacked lists at {sorted(pending)[:4]}")
     return unflatten(flat)
