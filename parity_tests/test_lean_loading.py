@@ -202,6 +202,15 @@ _MEASURE = textwrap.dedent(
 )
 
 
+def _file_from_shapes(name: str, dtype, **cut) -> dict[str, np.ndarray]:
+    """A timm state_dict for name made from its shapes alone (no model initialised): 4,099
+    random values repeated (drawing every value of a 7B-width model took ~6 s)."""
+    model = vitjax.build_model(name, **cut)
+    shapes = convert.expected_torch_shapes(vitjax.factory.variable_shapes(model))
+    seed = (0.02 * np.random.default_rng(0).standard_normal(4099, np.float32)).astype(dtype)
+    return {k: np.resize(seed, s) for k, s in shapes.items()}
+
+
 def _measure(name: str, path, **kw) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", _MEASURE, name, str(path or ""), json.dumps(kw)],
@@ -215,10 +224,8 @@ def _measure(name: str, path, **kw) -> dict:
 def test_loading_grows_memory_by_about_the_file_size(tmp_path):
     # vit_base at depth 6 (about 180 MB): before lean loading a load held ~3x the file
     cut = dict(depth=6)
-    model, variables = vitjax.create_model("vit_base_patch16_224", **cut)
     path = tmp_path / "base.safetensors"
-    save_file(vitjax.to_timm_state_dict(model, variables), str(path))
-    del variables
+    save_file(_file_from_shapes("vit_base_patch16_224", np.float32, **cut), str(path))
     size = path.stat().st_size
     got = _measure("vit_base_patch16_224", path, **cut)
     assert got["grew"] <= 1.15 * size + 48 * 2**20, (got, size)
@@ -230,14 +237,8 @@ def test_a_7b_width_model_loads_in_bf16_without_a_float32_copy(tmp_path):
     # written from the model's shapes alone (no fp32 model anywhere); with dtype=bf16 the load
     # keeps bf16, and memory grows by about the file's size, not twice it
     name, cut = "vit_7b_patch16_dinov3", dict(depth=2)
-    model = vitjax.build_model(name, **cut)
-    shapes = convert.expected_torch_shapes(vitjax.factory.variable_shapes(model))
-    rng = np.random.default_rng(0)  # 4,099 random values repeated (drawing 335M took ~6 s)
-    seed = (0.02 * rng.standard_normal(4099, np.float32)).astype(ml_dtypes.bfloat16)
-    sd = {k: np.resize(seed, s) for k, s in shapes.items()}
     path = tmp_path / "7b_cut.safetensors"
-    save_file(sd, str(path))
-    del sd
+    save_file(_file_from_shapes(name, ml_dtypes.bfloat16, **cut), str(path))
     got = _measure(name, path, bf16=True, **cut)
     size = path.stat().st_size
     assert got["dtypes"] == ["bfloat16"] and 2 * got["params"] == size - _header(path)
