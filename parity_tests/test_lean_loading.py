@@ -281,6 +281,29 @@ def test_random_init_compiled_with_its_options_is_bit_identical(name, kwargs, mo
         np.testing.assert_array_equal(np.asarray(flat[k]), np.asarray(want), err_msg=str(k))
 
 
+def test_the_same_model_again_reuses_its_compiled_init():
+    """A second create_model of one config (another seed, or a bf16 cast) compiles nothing new
+    for the init; each seed gives what a freshly compiled init gives."""
+    from vitjax import factory
+
+    factory._init_program.cache_clear()
+    model, v0 = vitjax.create_model("vit_tiny_patch16_224", seed=0, **TINY)
+    _, v1 = vitjax.create_model("vit_tiny_patch16_224", seed=1, **TINY)
+    assert factory._init_program.cache_info().misses == 1
+    fresh = factory._compile_init(model, None, None)
+    for seed, got in ((0, v0), (1, v1)):
+        want = fresh(jax.random.PRNGKey(seed))
+        for a, b in zip(
+            jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got), strict=True
+        ):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    pairs = zip(jax.tree_util.tree_leaves(v0), jax.tree_util.tree_leaves(v1), strict=True)
+    assert any(not np.array_equal(a, b) for a, b in pairs)  # the seed reached the program
+    _, half = vitjax.create_model("vit_tiny_patch16_224", param_dtype=jnp.bfloat16, **TINY)
+    assert factory._init_program.cache_info().misses == 2  # another program for another dtype
+    assert {x.dtype for x in jax.tree_util.tree_leaves(half)} == {jnp.dtype(jnp.bfloat16)}
+
+
 def test_scanned_load_places_stacks_as_the_unrolled_load(tmp_path, placement):
     """scan_blocks=True: the stacked leaves (built on the device for a big model, in one host
     buffer for a small one) hold the unrolled load's values and dtypes; NaN is named by block."""

@@ -18,10 +18,14 @@ import jax
 COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
 
 
-def compile_once(jitted: Any, *args: Any, platform: str | None = None) -> Any:
-    """jitted (a jax.jit function) lowered for args and compiled with COMPILER_OPTIONS of
-    platform (default: JAX's default backend)."""
+def options_for(platform: str | None = None) -> dict[str, Any] | None:
+    """The compiler options compile_once uses on platform (default: JAX's default backend)."""
     options = COMPILER_OPTIONS.get(platform or jax.default_backend())
     if options and any(k in os.environ.get("XLA_FLAGS", "") for k in options):
-        options = None  # the user's (or the test suite's) own choice
-    return jitted.lower(*args).compile(compiler_options=options)
+        return None  # the user's (or the test suite's) own choice
+    return options
+
+
+def compile_once(jitted: Any, *args: Any, platform: str | None = None) -> Any:
+    """jitted (a jax.jit function) lowered for args and compiled with options_for(platform)."""
+    return jitted.lower(*args).compile(compiler_options=options_for(platform))
