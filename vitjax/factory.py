@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax import one_off, registry
-from vitjax.one_off import compile_once
 from vitjax.util import to_2tuple
 from vitjax.weights import convert, hub, place, validate
 from vitjax.weights import files as io
@@ -63,7 +62,7 @@ def _compile_init(model: Model, param_dtype: Any, shardings: Any) -> Any:
         return _cast_floats(variables, param_dtype) if param_dtype is not None else variables
 
     jitted = jax.jit(init, out_shardings=shardings)
-    return compile_once(jitted, jax.random.PRNGKey(0), platform=_platform(shardings))
+    return one_off.compile_once(jitted, jax.random.PRNGKey(0), platform=_platform(shardings))
 
 
 def _platform(shardings: Any) -> str:

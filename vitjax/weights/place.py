@@ -48,13 +48,17 @@ def _on_host(arr: np.ndarray, dtype: np.dtype, check: bool) -> tuple[np.ndarray,
     return out, finite
 
 
+def _all_finite(x: jax.Array) -> jax.Array:
+    """Whether a leaf holds no NaN / Inf (always, for a non-float leaf): traced, one bool."""
+    return jnp.isfinite(x).all() if validate.is_float(x.dtype) else jnp.bool_(True)
+
+
 @functools.lru_cache(maxsize=256)
 def _transform(perm: tuple[int, ...], dtype: Any, shape: tuple[int, ...], src: Any) -> Callable:
     """The compiled program for one kind of leaf (a program run once per kind: vitjax.one_off)."""
 
     def fn(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        finite = jnp.isfinite(x).all() if validate.is_float(x.dtype) else jnp.bool_(True)
-        return jnp.transpose(x, perm).astype(dtype), finite
+        return jnp.transpose(x, perm).astype(dtype), _all_finite(x)
 
     return compile_once(jax.jit(fn), jax.ShapeDtypeStruct(shape, src))
 
@@ -64,9 +68,7 @@ def _finite(shape: tuple[int, ...], dtype: Any) -> Callable:
     """The compiled NaN / Inf check for a leaf that needs nothing else: it reads the leaf and
     writes one bool, so the leaf placed is the buffer itself, not a copy (a stacked nn.scan leaf
     of a big model is the size of all its blocks)."""
-    return compile_once(
-        jax.jit(lambda x: jnp.isfinite(x).all()), jax.ShapeDtypeStruct(shape, dtype)
-    )
+    return compile_once(jax.jit(_all_finite), jax.ShapeDtypeStruct(shape, dtype))
 
 
 @functools.lru_cache(maxsize=256)
@@ -79,8 +81,7 @@ def _filler(
     empty = compile_once(jax.jit(lambda: jnp.zeros((n, *out), dtype)))
 
     def fill(stack: jax.Array, x: jax.Array, i: jax.Array) -> tuple[jax.Array, jax.Array]:
-        finite = jnp.isfinite(x).all() if validate.is_float(x.dtype) else jnp.bool_(True)
-        return stack.at[i].set(jnp.transpose(x, perm).astype(dtype)), finite
+        return stack.at[i].set(jnp.transpose(x, perm).astype(dtype)), _all_finite(x)
 
     fill_jit = jax.jit(fill, donate_argnums=0)
     args = (jax.ShapeDtypeStruct((n, *out), dtype), jax.ShapeDtypeStruct(shape, src),
@@ -171,11 +172,12 @@ class Placer:
     def __call__(self, path: Path, arr: np.ndarray) -> jax.Array:
         dtype = np.dtype(target_dtype(arr.dtype, self.keep, self.param_dtype))
         src, perm = _layout(arr)
+        as_is = perm == tuple(range(src.ndim)) and dtype == src.dtype  # no transpose, no cast
         host = None
-        if perm != tuple(range(src.ndim)) or dtype != src.dtype or self.check_finite:
+        if not as_is or self.check_finite:
             if self.on_host:
                 host, finite = _on_host(arr, dtype, self.check_finite)
-            elif perm == tuple(range(src.ndim)) and dtype == src.dtype:
+            elif as_is:  # only the check: the buffer itself is placed
                 x = jax.device_put(_adoptable(src))
                 finite = _finite(src.shape, src.dtype)(x) if validate.is_float(src.dtype) else True
             else:
