@@ -45,7 +45,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 def test_kill9_and_ctrl_c_then_resume_match_uninterrupted(tmp_path):
     """kill -9 and SIGINT mid-run (subprocesses), then --resume == a run never interrupted."""
     killed = script("train.py", "--out", str(tmp_path / "killed"), "--epochs", "3", *TINY_FLAGS)
-    ctrl_c = script("train.py", "--out", str(tmp_path / "ctrl_c"), "--epochs", "30", *TINY_FLAGS)
+    ctrl_c = script("train.py", "--out", str(tmp_path / "ctrl_c"), "--epochs", "300", *TINY_FLAGS)
     wait_for_epoch(killed, 2)  # epoch 1's checkpoint is complete once epoch 2's save starts
     killed.send_signal(signal.SIGKILL)  # most likely while epoch 2's checkpoint is being written
     wait_for_epoch(ctrl_c, 1)

@@ -302,3 +302,29 @@ def test_fit_refuses_a_nan_loss():
     state = jtrain.create_train_state(model, variables, jtrain.make_optimizer("sgd", 0.1))
     with pytest.raises(FloatingPointError, match="epoch 1: training loss is nan"):
         jtrain.fit(state, lambda e: bad, None, 1, batch_size=4, lr_schedule=lambda t: 0.1)
+
+
+def test_equal_settings_share_the_compiled_steps():
+    """Equal model, optimizer and schedule settings (built anew, as a second run builds them):
+    equal TrainState types, so a jitted step compiled for the first runs the second as it is;
+    other settings are other objects."""
+    cfg = CONFIGS["distilled"]
+
+    def build(lr: float, seed: int):
+        sched = schedules.make_schedule("cosine", lr, epochs=2, steps_per_epoch=3, t_max=5)
+        tx = jtrain.make_optimizer("adamw", sched, weight_decay=0.05, clip_grad=1.0)
+        _, model, variables = make_pair(cfg, seed)
+        return tx, jtrain.create_train_state(VisionTransformer(cfg), variables, tx)
+
+    tx1, s1 = build(1e-3, 0)
+    tx2, s2 = build(1e-3, 1)  # other weights: the same program
+    assert tx2 is tx1
+    assert jax.tree_util.tree_structure(s1) == jax.tree_util.tree_structure(s2)
+    step = jax.jit(jtrain.train_step)
+    batch = make_batches(cfg, 1, 4, 0)[0]
+    step(s1, batch, jax.random.PRNGKey(0))
+    step(s2, batch, jax.random.PRNGKey(0))
+    assert step._cache_size() == 1
+    tx3, s3 = build(2e-3, 0)
+    assert tx3 is not tx1
+    assert jax.tree_util.tree_structure(s3) != jax.tree_util.tree_structure(s1)

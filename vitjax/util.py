@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,27 @@ def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
         a, b = x
         return int(a), int(b)
     return int(x), int(x)
+
+
+@functools.lru_cache(maxsize=64)
+def _kept(fn: Any, args: tuple, kw: tuple) -> Any:
+    return fn(*(v for _, v in args), **{k: v for k, (_, v) in kw})
+
+
+def kept_call(fn: Any, *args: Any, **kw: Any) -> Any:
+    """fn(*args, **kw), the same object again for equal arguments (of equal types).
+
+    For pure builders of functions (optax transformations, lr schedules): jax compares a
+    TrainState's static fields by ==, so two runs with equal settings then share their compiled
+    train and eval steps instead of compiling them again. Unhashable arguments build afresh.
+    """
+    typed = tuple((type(v), v) for v in args)
+    key = (typed, tuple(sorted((k, (type(v), v)) for k, v in kw.items())))
+    try:
+        hash(key)
+    except TypeError:
+        return fn(*args, **kw)
+    return _kept(fn, *key)
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:

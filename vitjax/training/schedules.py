@@ -24,6 +24,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.util import kept_call
+
 Schedule = Callable[[Any], Any]
 
 _NUMPY_TYPES = (int, float, np.integer, np.floating, np.ndarray)
@@ -188,7 +190,7 @@ def make_schedule(
         warmup = kw.pop("warmup_steps", None)
         if warmup is None:
             warmup = int(round(kw.pop("warmup_epochs", 1) * steps_per_epoch))
-        return warmup_cosine(base_lr, warmup, epochs * steps_per_epoch, **kw)
+        return kept_call(warmup_cosine, base_lr, warmup, epochs * steps_per_epoch, **kw)
     units = epochs if per_epoch else epochs * steps_per_epoch
     if name == "step":
         kw.setdefault("step_size", max(1, units // 3))
@@ -196,8 +198,8 @@ def make_schedule(
         kw.setdefault("t_max", units)
     elif name == "exponential":
         kw.setdefault("gamma", 0.95)
-    schedule = SCHEDULES[name](base_lr, **kw)
-    return per_step(schedule, steps_per_epoch) if per_epoch else schedule
+    schedule = kept_call(SCHEDULES[name], base_lr, **kw)  # equal settings: the same function
+    return kept_call(per_step, schedule, steps_per_epoch) if per_epoch else schedule
 
 
 def notebook_schedules(

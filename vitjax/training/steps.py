@@ -11,6 +11,7 @@ in ``state.batch_stats``, updated in training mode as torch updates them; with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,8 @@ import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
+
+from vitjax.util import kept_call
 
 Batch = dict[str, Any]
 Metrics = dict[str, Any]
@@ -37,6 +40,18 @@ class TrainState(train_state.TrainState):
     batch_stats: Any = None
     label_smoothing: float = struct.field(pytree_node=False, default=0.0)
     freeze_batch_stats: bool = struct.field(pytree_node=False, default=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelApply:
+    """``model.apply``, equal for equal models (a bound method is equal only to itself): jax
+    compares a TrainState's static fields by ==, so two runs of equal models share their
+    compiled steps."""
+
+    model: Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.apply(*args, **kwargs)
 
 
 SCANNED_LISTS = ("blocks",)  # list attributes the models can stack for nn.scan
@@ -83,7 +98,29 @@ def make_optimizer(
     clip_grad: float | None = None,
     freeze_backbone: bool = False,
 ) -> optax.GradientTransformation:
-    """An optax optimizer with torch.optim semantics (Adam: coupled L2; AdamW: timm's mask)."""
+    """An optax optimizer with torch.optim semantics (Adam: coupled L2; AdamW: timm's mask).
+
+    Equal arguments give the same transformation object (``vitjax.util.kept_call``): a second
+    run with equal settings reuses the first one's compiled steps."""
+    return kept_call(
+        _make_optimizer, name, learning_rate, weight_decay=weight_decay, momentum=momentum,
+        nesterov=nesterov, betas=tuple(betas), eps=eps, clip_grad=clip_grad,
+        freeze_backbone=freeze_backbone,
+    )  # fmt: skip
+
+
+def _make_optimizer(
+    name: str,
+    learning_rate: float | Schedule,
+    *,
+    weight_decay: float,
+    momentum: float,
+    nesterov: bool,
+    betas: tuple[float, float],
+    eps: float,
+    clip_grad: float | None,
+    freeze_backbone: bool,
+) -> optax.GradientTransformation:
     if name == "adam":  # torch.optim.Adam: weight decay is L2 added to the gradient
         core = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
         core.append(optax.scale_by_adam(*betas, eps=eps))
@@ -130,7 +167,7 @@ def create_train_state(
     def build(params: Any, stats: Any, init: Callable = tx.init) -> TrainState:
         return TrainState(
             step=jnp.zeros((), jnp.int32),
-            apply_fn=model.apply,
+            apply_fn=ModelApply(model),
             params=params,
             tx=tx,
             opt_state=init(params),
