@@ -31,9 +31,9 @@ def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return int(x), int(x)
 
 
-@functools.lru_cache(maxsize=64)
-def _kept(fn: Any, args: tuple, kw: tuple) -> Any:
-    return fn(*(v for _, v in args), **{k: v for k, (_, v) in kw})
+@functools.lru_cache(maxsize=64, typed=True)  # typed: 1 and 1.0 are other calls
+def _kept(fn: Any, *args: Any, **kw: Any) -> Any:
+    return fn(*args, **kw)
 
 
 def kept_call(fn: Any, *args: Any, **kw: Any) -> Any:
@@ -43,13 +43,11 @@ def kept_call(fn: Any, *args: Any, **kw: Any) -> Any:
     TrainState's static fields by ==, so two runs with equal settings then share their compiled
     train and eval steps instead of compiling them again. Unhashable arguments build afresh.
     """
-    typed = tuple((type(v), v) for v in args)
-    key = (typed, tuple(sorted((k, (type(v), v)) for k, v in kw.items())))
     try:
-        hash(key)
+        hash((args, tuple(kw.items())))
     except TypeError:
         return fn(*args, **kw)
-    return _kept(fn, *key)
+    return _kept(fn, *args, **kw)
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
