@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -64,6 +65,16 @@ def pytest_collection_modifyitems(config, items):
     # the slow tests first, so that with several workers (make test: pytest-xdist) none of them
     # starts last and leaves the other workers idle
     items.sort(key=lambda item: "slow" not in item.keywords)
+
+
+def pytest_collection_finish(session):
+    """Fewer garbage collections: tracing and lowering make millions of short-lived objects,
+    and each full collection walks jax's, torch's and the collected tests' long-lived ones
+    (frozen here). On test_eva.py, one worker: 58.5 -> 53.5 s; whole suite with -n 2 on this
+    2-core Xeon: 1434 -> 1258 s wall, peak RSS 6.7 GB."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 @pytest.fixture(autouse=True)
