@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from parity_tests.parity import assert_close
+from parity_tests.test_train_cli import write_digit_folder
 from vitjax.training import checkpoints as ck
 from vitjax.weights import convert
 
@@ -199,20 +200,6 @@ def _compare_trees(got: dict, want: dict, what: str) -> float:
     )
 
 
-def _digit_folder(root: Path, per_class: int = 20) -> Path:
-    """ROOT/<digit>/<i>.png: 60 of scikit-learn's 8x8 digits (3 classes) as image files."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    for c in (0, 1, 7):
-        (root / str(c)).mkdir(parents=True)
-        for i, img in enumerate(digits.images[digits.target == c][:per_class]):
-            gray = np.round(img * 255 / 16).astype(np.uint8)
-            Image.fromarray(gray).convert("RGB").save(root / str(c) / f"{i}.png")
-    return root
-
-
 def _init_checkpoint(path: Path) -> str:
     """A timm-key .safetensors of random weights for the run's model (the --init file each
     process reads straight into its fsdp shards; no init to compile)."""
@@ -308,7 +295,7 @@ def test_maybe_initialize_distributed_reads_the_launchers_variables(env, expecte
 @pytest.mark.slow
 def test_two_processes_on_loopback_equal_one_process_and_resume_in_one(tmp_path):
     job = {
-        "folder": str(_digit_folder(tmp_path / "digits")),
+        "folder": str(write_digit_folder(tmp_path / "digits", per_class=20)),
         "init": _init_checkpoint(tmp_path / "init.safetensors"),
         "model_args": MODEL_ARGS,
     }

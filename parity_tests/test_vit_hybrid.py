@@ -34,6 +34,7 @@ from timm.models import vision_transformer_hybrid as tvh
 import vitjax
 import vittorch
 from parity_tests.parity import assert_close
+from parity_tests.test_train_cli import write_digit_folder
 from vitjax import training as jtrain
 from vitjax.models.hybrid_config import ConvStemConfig, ResNetV2Config
 from vitjax.models.vit import VisionTransformer
@@ -449,11 +450,12 @@ def test_train_cli_freeze_batch_stats(tmp_path, frozen):
     from vitjax.cli import train as cli
 
     name, kw = "vit_base_mci_224", dict(depth=1, img_size=32)
-    model, variables = vitjax.create_model(name, num_classes=10, **kw)
+    model, variables = vitjax.create_model(name, num_classes=3, **kw)
     vitjax.save_pretrained(tmp_path / "init", model, variables)
+    data = write_digit_folder(tmp_path / "data", per_class=4)  # one step, not the digits 79
     out = tmp_path / "run"
-    flags = ["--init", str(tmp_path / "init"), "--freeze-backbone", "--epochs", "1",
-             "--batch-size", "16", "--out", str(out), "--no-progress"]  # fmt: skip
+    flags = ["--init", str(tmp_path / "init"), "--data", str(data), "--freeze-backbone",
+             "--epochs", "1", "--batch-size", "16", "--out", str(out), "--no-progress"]  # fmt: skip
     cli.main(flags + (["--freeze-batch-stats"] if frozen else []))
     before = vitjax.to_timm_state_dict(model, variables)
     after = io.load_state_dict(out / "model")
