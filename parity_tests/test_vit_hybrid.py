@@ -452,7 +452,8 @@ def test_train_cli_freeze_batch_stats(tmp_path, frozen):
     name, kw = "vit_base_mci_224", dict(depth=1, img_size=32)
     model, variables = vitjax.create_model(name, num_classes=3, **kw)
     vitjax.save_pretrained(tmp_path / "init", model, variables)
-    data = write_digit_folder(tmp_path / "data", per_class=4)  # one step, not the digits 79
+    # 3 classes of 4 images: one step, not an epoch of the embedded digits (79 steps)
+    data = write_digit_folder(tmp_path / "data", per_class=4)
     out = tmp_path / "run"
     flags = ["--init", str(tmp_path / "init"), "--data", str(data), "--freeze-backbone",
              "--epochs", "1", "--batch-size", "16", "--out", str(out), "--no-progress"]  # fmt: skip
