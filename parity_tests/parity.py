@@ -17,6 +17,8 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     "float32_cnn": (2e-5, 1e-5),
     # Parameters after many Adam steps: Adam divides each gradient by its running RMS, so the
     # round-off of a near-zero gradient becomes an lr-sized step (one weight in 16k moves ~1e-5).
+    # Where torch's own float32 run is measured farther than this from its float64 run (2.3e-5 on
+    # an AMD EPYC), the test adds that measured error per element (assert_close's slack).
     "float32_adam": (2e-5, 1e-5),
     "bfloat16": (5e-2, 5e-2),  # bf16 compute against torch autocast
     "exact": (0.0, 0.0),  # conversions that only move and transpose bytes
@@ -57,8 +59,13 @@ def assert_close(
     atol: float | None = None,
     rtol: float | None = None,
     dtype: str = "float32",
+    slack: Any = None,
 ) -> dict[str, Any]:
-    """Assert |jax - torch| <= atol + rtol * |torch| everywhere; the message names the tensor."""
+    """Assert |jax - torch| <= atol + rtol * |torch| (+ slack) everywhere; the message names it.
+
+    ``slack`` (an array of torch's shape, or None) widens each element by a measured amount: the
+    reference's own float32 error against its float64 run, where round-off is amplified (Adam).
+    """
     default_atol, default_rtol = TOLERANCES[dtype]
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
@@ -66,13 +73,17 @@ def assert_close(
     if a.shape != b.shape:
         raise AssertionError(f"{name}: shape {a.shape} (jax) != {b.shape} (torch)")
     rep = diff_report(a, b)
-    bad = np.abs(a.astype(np.float64) - b) > atol + rtol * np.abs(b.astype(np.float64))
+    allowed = atol + rtol * np.abs(b.astype(np.float64))
+    if slack is not None:
+        allowed = allowed + np.abs(to_numpy(slack).astype(np.float64))
+    bad = np.abs(a.astype(np.float64) - b) > allowed
     RECORDS.append((name, a.shape, rep["max"], rep["mean"], rep["scale"], atol, rtol))
     if bad.any() or not np.isfinite(a).all():
         raise AssertionError(
             f"{name} {a.shape}: max |diff| {rep['max']:.3e} at {rep['where']} "
             f"(jax {a[rep['where']]!r}, torch {b[rep['where']]!r}), mean {rep['mean']:.3e}, "
             f"{int(bad.sum())} of {bad.size} elements beyond atol={atol:g} rtol={rtol:g}"
+            + ("" if slack is None else " + per-element slack")
         )
     return rep
 

@@ -6,6 +6,8 @@ final parameter must agree at the 'float32' tolerance. The configs are tiny (fas
 
 from __future__ import annotations
 
+import copy
+
 import jax
 import numpy as np
 import optax
@@ -93,37 +95,60 @@ def report(name: str, loss_rep: dict, params_max: float) -> None:
     )
 
 
-def compare_params(state, net, name: str, exact_keys=(), dtype: str = "float32") -> float:
-    """assert_close every parameter (timm keys); return the max |diff|."""
+def compare_params(
+    state, net, name: str, exact_keys=(), dtype: str = "float32", slack=None
+) -> float:
+    """assert_close every parameter (timm keys); return the max |diff|.
+
+    ``slack``: timm key -> per-element allowance (see parity.assert_close), or None.
+    """
     got = convert.flax_to_torch(jax.device_get(state.params))
     worst = 0.0
     for k, v in net.state_dict().items():
-        rep = assert_close(got[k], v, f"{name}: {k}", dtype="exact" if k in exact_keys else dtype)
+        kind = "exact" if k in exact_keys else dtype
+        rep = assert_close(got[k], v, f"{name}: {k}", dtype=kind, slack=(slack or {}).get(k))
         worst = max(worst, rep["max"])
     return worst
 
 
+def torch_adam_cosine(net, batches, epochs: int, lr: float, dtype=torch.float32) -> list[float]:
+    """The notebook's recipe in vittorch: Adam, CosineAnnealingLR(T_max=5, eta_min=1e-4)."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5, eta_min=1e-4)
+    loss_fn, losses, per_epoch = torch.nn.CrossEntropyLoss(), [], len(batches) // epochs
+    for e in range(epochs):
+        epoch = [to_torch(b) for b in batches[e * per_epoch : (e + 1) * per_epoch]]
+        epoch = [(x.to(dtype), y) for x, y in epoch]
+        losses += ttrain.train_one_epoch(net, epoch, loss_fn, opt)["losses"]
+        sched.step()
+    return losses
+
+
 @pytest.mark.parametrize("config", ["tutorial_narrow"])
 def test_train_step_adam_cosine_matches_torch(config):
-    """The notebook's recipe: Adam, CosineAnnealingLR(T_max=5, eta_min=1e-4) stepped per epoch."""
+    """The notebook's recipe: Adam, CosineAnnealingLR(T_max=5, eta_min=1e-4) stepped per epoch.
+
+    Adam turns the round-off of a near-zero gradient into an lr-sized step, so one weight in 16k
+    can land ~2e-5 from float64's trajectory in torch's own float32 run (AMD EPYC: 2.3e-5, the
+    fc1 weight (168, 49)). Each parameter's float32_adam tolerance is widened by exactly that
+    measured error of torch's float32 run against the same run in float64, element by element.
+    """
     cfg = CONFIGS[config]
     epochs, steps_per_epoch, lr = 6, 4, 1e-3
     batches = make_batches(cfg, epochs * steps_per_epoch, 4, seed=1)
     net, model, variables = make_pair(cfg)
+    net64 = copy.deepcopy(net).double()
 
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5, eta_min=1e-4)
-    loss_fn, t_losses = torch.nn.CrossEntropyLoss(), []
-    for e in range(epochs):
-        epoch = [to_torch(b) for b in batches[e * steps_per_epoch : (e + 1) * steps_per_epoch]]
-        t_losses += ttrain.train_one_epoch(net, epoch, loss_fn, opt)["losses"]
-        sched.step()
+    t_losses = torch_adam_cosine(net, batches, epochs, lr)
+    torch_adam_cosine(net64, batches, epochs, lr, dtype=torch.float64)
+    exact = net64.state_dict()
+    slack = {k: (v.double() - exact[k]).abs() for k, v in net.state_dict().items()}
 
     schedule = schedules.per_step(schedules.cosine_annealing_lr(lr, 5, 1e-4), steps_per_epoch)
     tx = jtrain.make_optimizer("adam", schedule)
     j_losses, state = run_jax(model, variables, tx, batches)
     rep = assert_close(j_losses, np.array(t_losses), f"{config}: per-step loss")
-    worst = compare_params(state, net, config, dtype="float32_adam")
+    worst = compare_params(state, net, config, dtype="float32_adam", slack=slack)
     report(f"{config} adam+cosine", rep, worst)
 
 
